@@ -1,0 +1,236 @@
+package db
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config says where the PostgreSQL server is and how large the pool may grow.
+// The zero value is usable: every empty field takes the default written in
+// its comment.
+type Config struct {
+	Host     string // default "localhost"
+	Port     int    // default 5432
+	User     string // default "postgres"
+	Password string // default "" (no password)
+	Database string // default "postgres"
+
+	// URL, a postgres:// or postgresql:// URL, overrides Host, Port, User,
+	// Password and Database when set. Query parameters (sslmode, ...) are
+	// passed to the driver.
+	URL string
+
+	// MaxOpenConns caps the connections in the pool; default 16.
+	MaxOpenConns int
+	// MaxIdleConns is how many idle connections are kept; default MaxOpenConns.
+	MaxIdleConns int
+	// ConnMaxLifetime closes connections older than this; default 30 minutes.
+	ConnMaxLifetime time.Duration
+	// ConnMaxIdleTime closes connections idle for longer than this; default 5 minutes.
+	ConnMaxIdleTime time.Duration
+}
+
+// Defaults of Config and of ConfigFromEnv.
+const (
+	DefaultHost            = "localhost"
+	DefaultPort            = 5432
+	DefaultUser            = "postgres"
+	DefaultDatabase        = "postgres"
+	DefaultMaxOpenConns    = 16
+	DefaultConnMaxLifetime = 30 * time.Minute
+	DefaultConnMaxIdleTime = 5 * time.Minute
+)
+
+// ConfigFromEnv reads the connection parameters the service is deployed with:
+// DB_HOST (default localhost), DB_PORT (5432), DB_USER (postgres), DB_PASS
+// (postgres), DB_NAME (postgres) and DB_URL (optional; overrides the others).
+// An empty variable counts as unset. An invalid value is an error naming the
+// variable and the value (a URL with its password masked).
+func ConfigFromEnv() (Config, error) {
+	c := Config{
+		Host:     env("DB_HOST", DefaultHost),
+		User:     env("DB_USER", DefaultUser),
+		Password: env("DB_PASS", "postgres"),
+		Database: env("DB_NAME", DefaultDatabase),
+		URL:      os.Getenv("DB_URL"),
+	}
+	var errs []error
+	port := env("DB_PORT", strconv.Itoa(DefaultPort))
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		errs = append(errs, fmt.Errorf("DB_PORT=%q: not a port number (1-65535)", port))
+	}
+	c.Port = p
+	if strings.ContainsAny(c.Host, "/ ") {
+		errs = append(errs, fmt.Errorf("DB_HOST=%q: not a host name or address", c.Host))
+	}
+	if c.URL != "" {
+		if _, err := parseURL(c.URL); err != nil {
+			errs = append(errs, fmt.Errorf("DB_URL=%q: %w", redact(c.URL), err))
+		}
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// ConnString returns the postgres:// URL the driver connects with: URL when
+// set, otherwise one built from the fields and their defaults. It contains
+// the password: do not log it (log String instead).
+func (c Config) ConnString() string {
+	if c.URL != "" {
+		return c.URL
+	}
+	u := url.URL{Scheme: "postgres", Host: net.JoinHostPort(c.host(), strconv.Itoa(c.port())), Path: "/" + c.database()}
+	if c.Password != "" {
+		u.User = url.UserPassword(c.user(), c.Password)
+	} else {
+		u.User = url.User(c.user())
+	}
+	return u.String()
+}
+
+// WithDatabase returns a copy of c that points at database name on the same
+// server, with the same credentials (in the URL form too).
+func (c Config) WithDatabase(name string) Config {
+	if c.URL != "" {
+		if u, err := parseURL(c.URL); err == nil {
+			u.Path = "/" + name
+			u.RawPath = ""
+			c.URL = u.String()
+			return c
+		}
+	}
+	c.Database = name
+	return c
+}
+
+// Target returns the host, port, database and user that c connects to,
+// taking URL into account. For a URL that does not parse, it returns the
+// error Open would fail with.
+func (c Config) Target() (host string, port int, database, user string, err error) {
+	if c.URL == "" {
+		return c.host(), c.port(), c.database(), c.user(), nil
+	}
+	u, err := parseURL(c.URL)
+	if err != nil {
+		return "", 0, "", "", fmt.Errorf("database URL %q: %w", redact(c.URL), err)
+	}
+	host, port = u.Hostname(), DefaultPort
+	if host == "" {
+		host = DefaultHost
+	}
+	if p := u.Port(); p != "" {
+		port, _ = strconv.Atoi(p) // parseURL checked it
+	}
+	database = strings.TrimPrefix(u.Path, "/")
+	if database == "" {
+		database = DefaultDatabase
+	}
+	user = u.User.Username()
+	if user == "" {
+		user = DefaultUser
+	}
+	return host, port, database, user, nil
+}
+
+// String names the server, database and user, never the password:
+// `127.0.0.1:5432 (database "app", user "postgres")`.
+func (c Config) String() string {
+	host, port, database, user, err := c.Target()
+	if err != nil {
+		return "invalid database URL " + strconv.Quote(redact(c.URL))
+	}
+	return fmt.Sprintf("%s (database %q, user %q)", net.JoinHostPort(host, strconv.Itoa(port)), database, user)
+}
+
+func (c Config) host() string     { return or(c.Host, DefaultHost) }
+func (c Config) user() string     { return or(c.User, DefaultUser) }
+func (c Config) database() string { return or(c.Database, DefaultDatabase) }
+func (c Config) port() int {
+	if c.Port == 0 {
+		return DefaultPort
+	}
+	return c.Port
+}
+
+func (c Config) maxOpen() int {
+	if c.MaxOpenConns <= 0 {
+		return DefaultMaxOpenConns
+	}
+	return c.MaxOpenConns
+}
+
+func (c Config) maxIdle() int {
+	if c.MaxIdleConns <= 0 {
+		return c.maxOpen()
+	}
+	return c.MaxIdleConns
+}
+
+func (c Config) connMaxLifetime() time.Duration {
+	if c.ConnMaxLifetime <= 0 {
+		return DefaultConnMaxLifetime
+	}
+	return c.ConnMaxLifetime
+}
+
+func (c Config) connMaxIdleTime() time.Duration {
+	if c.ConnMaxIdleTime <= 0 {
+		return DefaultConnMaxIdleTime
+	}
+	return c.ConnMaxIdleTime
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// parseURL accepts postgres:// and postgresql:// URLs with a valid port.
+func parseURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		// url.Error repeats the URL with its password: keep only the cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("not a URL: %w", err)
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return nil, errors.New("not a postgres:// URL")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("port %q is not a port number (1-65535)", p)
+		}
+	}
+	return u, nil
+}
+
+// redact masks the password of a URL; a string that does not parse is
+// replaced by a placeholder since it may hold a password.
+func redact(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "<unparsable URL>"
+	}
+	return u.Redacted()
+}
