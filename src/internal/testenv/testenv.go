@@ -14,10 +14,14 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,7 +84,9 @@ func RequirePostgres(tb testing.TB) {
 
 func requireTCP(tb testing.TB, what, addr, hint string) {
 	tb.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		tb.Fatalf("%s is unreachable at %s: %v; %s", what, addr, err, hint)
 	}
@@ -95,36 +101,22 @@ func Name(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// CreateDatabase creates an empty database whose name starts with prefix
-// (lowercase letters, digits and underscores) and returns its name. The
-// database is dropped when the test ends. Databases with the same prefix that
-// an earlier, killed run left behind and that nobody is connected to are
-// dropped first, so leftovers do not pile up.
+// CreateDatabase creates an empty database named prefix<pid>_<random>
+// (prefix: lowercase letters, digits and underscores) and returns its name.
+// The database is dropped when the test ends. Databases with the same prefix
+// that a killed run left behind (their process is gone and nobody is connected
+// to them) are dropped first, so leftovers do not pile up.
 func CreateDatabase(tb testing.TB, prefix string) string {
 	tb.Helper()
 	RequirePostgres(tb)
 	admin := Admin(tb)
 	ctx := context.Background()
 
-	rows, err := admin.QueryContext(ctx,
-		`SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
-		 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)`, prefix)
-	if err != nil {
-		tb.Fatalf("list leftover databases with prefix %q: %v", prefix, err)
-	}
-	var stale []string
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err == nil {
-			stale = append(stale, name)
-		}
-	}
-	_ = rows.Close()
-	for _, name := range stale {
+	for _, name := range staleDatabases(tb, admin, prefix) {
 		_, _ = admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(name))
 	}
 
-	name := Name(prefix)
+	name := Name(fmt.Sprintf("%s%d_", prefix, os.Getpid()))
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name)); err != nil {
 		tb.Fatalf("create database %s: %v", name, err)
 	}
@@ -134,6 +126,45 @@ func CreateDatabase(tb testing.TB, prefix string) string {
 		}
 	})
 	return name
+}
+
+// staleDatabases lists the databases named prefix<pid>_* whose process has
+// exited and that nobody is connected to.
+func staleDatabases(tb testing.TB, admin *sql.DB, prefix string) []string {
+	tb.Helper()
+	rows, err := admin.QueryContext(context.Background(),
+		`SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
+		 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)`, prefix)
+	if err != nil {
+		tb.Fatalf("list leftover databases with prefix %q: %v", prefix, err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			tb.Fatalf("list leftover databases with prefix %q: %v", prefix, err)
+		}
+		if pid, ok := creatorPID(name, prefix); ok && !processAlive(pid) {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// creatorPID reads the process id that CreateDatabase put into name.
+func creatorPID(name, prefix string) (int, bool) {
+	digits, _, ok := strings.Cut(strings.TrimPrefix(name, prefix), "_")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(digits)
+	return pid, err == nil
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // Admin opens the server's maintenance database ("postgres") with the pgx
