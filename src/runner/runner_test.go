@@ -1,0 +1,207 @@
+package runner_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"example.com/service/src/runner"
+)
+
+// recorder is a fake service that writes what happens to it into a shared log.
+type recorder struct {
+	name     string
+	log      *events
+	startErr error
+	block    bool // Shutdown waits for its context to end
+	fail     chan error
+}
+
+type events struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (e *events) add(s string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.list = append(e.list, s)
+}
+
+func (e *events) get() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.list)
+}
+
+func (r *recorder) Start(context.Context) error {
+	r.log.add("start " + r.name)
+	return r.startErr
+}
+
+func (r *recorder) Shutdown(ctx context.Context) error {
+	r.log.add("stop " + r.name)
+	if r.block {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (r *recorder) Failed() <-chan error { return r.fail }
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestRunStartsInOrderAndStopsInReverse(t *testing.T) {
+	ev := &events{}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runner.Runner{Logger: quiet()}
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Run(ctx,
+			&recorder{name: "db", log: ev},
+			&recorder{name: "broker", log: ev},
+			&recorder{name: "worker", log: ev})
+	}()
+	waitFor(t, func() bool { return len(ev.get()) == 3 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run returned %v after a clean stop, want nil", err)
+	}
+	want := []string{"start db", "start broker", "start worker", "stop worker", "stop broker", "stop db"}
+	if got := ev.get(); !slices.Equal(got, want) {
+		t.Fatalf("events = %q, want %q", got, want)
+	}
+}
+
+func TestRunStopsStartedServicesWhenOneFailsToStart(t *testing.T) {
+	ev := &events{}
+	refused := errors.New("connection refused")
+	r := &runner.Runner{Logger: quiet()}
+	err := r.Run(context.Background(),
+		runner.Named("db", &recorder{name: "db", log: ev}),
+		runner.Named("broker", &recorder{name: "broker", log: ev, startErr: refused}),
+		&recorder{name: "worker", log: ev})
+	if !errors.Is(err, refused) {
+		t.Fatalf("Run = %v, want it to wrap %v", err, refused)
+	}
+	if want := "start broker: connection refused"; err.Error() != want {
+		t.Errorf("error text = %q, want %q", err, want)
+	}
+	want := []string{"start db", "start broker", "stop db"}
+	if got := ev.get(); !slices.Equal(got, want) {
+		t.Fatalf("events = %q, want %q", got, want)
+	}
+}
+
+func TestRunStopsEverythingWhenAServiceFails(t *testing.T) {
+	ev := &events{}
+	fail := make(chan error, 1)
+	r := &runner.Runner{Logger: quiet()}
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Run(context.Background(),
+			&recorder{name: "db", log: ev},
+			runner.Named("broker", &recorder{name: "broker", log: ev, fail: fail}))
+	}()
+	waitFor(t, func() bool { return len(ev.get()) == 2 })
+	lost := errors.New("reconnect budget exhausted")
+	fail <- lost
+	err := <-done
+	if !errors.Is(err, lost) {
+		t.Fatalf("Run = %v, want it to wrap %v", err, lost)
+	}
+	want := []string{"start db", "start broker", "stop broker", "stop db"}
+	if got := ev.get(); !slices.Equal(got, want) {
+		t.Fatalf("events = %q, want %q", got, want)
+	}
+}
+
+func TestRunBoundsTheDrainAndStillStopsTheRest(t *testing.T) {
+	ev := &events{}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runner.Runner{Logger: quiet(), DrainTimeout: 200 * time.Millisecond}
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Run(ctx,
+			&recorder{name: "db", log: ev},
+			&recorder{name: "stuck", log: ev, block: true})
+	}()
+	waitFor(t, func() bool { return len(ev.get()) == 2 })
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Run = %v, want the stuck service's deadline error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its 200 ms drain timeout")
+	}
+	want := []string{"start db", "start stuck", "stop stuck", "stop db"}
+	if got := ev.get(); !slices.Equal(got, want) {
+		t.Fatalf("events = %q, want %q", got, want)
+	}
+}
+
+func TestRunStopsOnSignal(t *testing.T) {
+	ev := &events{}
+	r := &runner.Runner{Logger: quiet(), Signals: []os.Signal{syscall.SIGUSR1}}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background(), &recorder{name: "worker", log: ev}) }()
+	waitFor(t, func() bool { return len(ev.get()) == 1 })
+	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v after SIGUSR1, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not stop on its signal")
+	}
+	if got, want := ev.get(), []string{"start worker", "stop worker"}; !slices.Equal(got, want) {
+		t.Fatalf("events = %q, want %q", got, want)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatal("condition not met within 10 s")
+}
+
+type printer string
+
+func (p printer) Start(context.Context) error    { fmt.Println("start", p); return nil }
+func (p printer) Shutdown(context.Context) error { fmt.Println("stop", p); return nil }
+
+// Services start in the order given and stop in reverse: a worker stops
+// before the connection it uses.
+func ExampleRunner_Run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // in a service, SIGINT or SIGTERM ends the run instead
+	r := &runner.Runner{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := r.Run(ctx, printer("database"), printer("broker"), printer("rpc worker")); err != nil {
+		fmt.Println(err)
+	}
+	// Output:
+	// start database
+	// start broker
+	// start rpc worker
+	// stop rpc worker
+	// stop broker
+	// stop database
+}
