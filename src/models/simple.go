@@ -14,3 +14,9 @@ type Simple struct {
 	Integer *int16           `db:"integer" json:"integer"`
 	Array   db.Array[string] `db:"array" json:"array"`
 }
+
+// NewSimples returns the model of the table simple on c: the built-in
+// create, read, update, delete and list, nothing more.
+func NewSimples(c *db.Client) *db.Model[Simple] {
+	return db.MustModel[Simple](c, "simple")
+}

@@ -1,0 +1,247 @@
+// Package db is the service's PostgreSQL layer: a [Client] (a pool of pgx
+// connections under sqlx) with plain query helpers and transactions, and a
+// generic [Model] that gives any struct with db tags create, read, update,
+// delete and list by id.
+//
+// Errors from this package match [ErrNotFound], [ErrConflict] and
+// [ErrInvalid] with errors.Is, and carry the table, id and constraint or
+// column involved. Values always travel as query parameters; table and
+// column names come from code (struct tags, NewModel) and are quoted.
+package db
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/jmoiron/sqlx"
+)
+
+// Client is a pool of connections to one database. It is safe for
+// concurrent use. Its query helpers (Get, Select, Exec and their Named
+// forms) are shared with [Tx].
+type Client struct {
+	queries
+	db  *sqlx.DB
+	cfg Config
+}
+
+// Open connects to the database cfg names and returns a Client once the
+// server answers. Until then it retries, waiting 100 ms after the first
+// failure and twice as long after each next one (at most 5 s), until ctx
+// ends; then it fails with one line naming the server, database and user
+// (never the password) and the last cause:
+//
+//	cannot reach PostgreSQL at 127.0.0.1:5432 (database "app", user "postgres"): <cause>
+//
+// Failures that waiting cannot fix are reported at once: a malformed
+// configuration, authentication refused (SQLSTATE class 28) and a database
+// that does not exist (3D000).
+//
+// The pool opens at most cfg.MaxOpenConns connections (default 16).
+func Open(ctx context.Context, cfg Config) (*Client, error) {
+	if _, _, _, _, err := cfg.Target(); err != nil {
+		return nil, fmt.Errorf("open PostgreSQL: %w", err)
+	}
+	pc, err := pgx.ParseConfig(cfg.ConnString())
+	if err != nil {
+		return nil, fmt.Errorf("open PostgreSQL at %s: bad connection settings: %w", cfg, err)
+	}
+	sdb := stdlib.OpenDB(*pc)
+	sdb.SetMaxOpenConns(cfg.maxOpen())
+	sdb.SetMaxIdleConns(cfg.maxIdle())
+	sdb.SetConnMaxLifetime(cfg.connMaxLifetime())
+	sdb.SetConnMaxIdleTime(cfg.connMaxIdleTime())
+	x := sqlx.NewDb(sdb, "pgx")
+
+	start := time.Now()
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err = pingOnce(ctx, sdb)
+		if err == nil {
+			slog.Debug("connected to PostgreSQL", "target", cfg.String(), "attempts", attempt)
+			return &Client{queries: queries{ext: x}, db: x, cfg: cfg}, nil
+		}
+		if permanent(err) {
+			_ = sdb.Close()
+			return nil, fmt.Errorf("cannot connect to PostgreSQL at %s: %w", cfg, err)
+		}
+		if ctx.Err() != nil {
+			_ = sdb.Close()
+			return nil, fmt.Errorf("cannot reach PostgreSQL at %s: %w (gave up after %d attempts in %s)",
+				cfg, err, attempt, time.Since(start).Round(time.Millisecond))
+		}
+		slog.Warn("PostgreSQL not reachable yet, retrying", "target", cfg.String(),
+			"attempt", attempt, "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			_ = sdb.Close()
+			return nil, fmt.Errorf("cannot reach PostgreSQL at %s: %w (gave up after %d attempts in %s)",
+				cfg, err, attempt, time.Since(start).Round(time.Millisecond))
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// pingOnce pings with a 10 s bound, so that one silent host cannot use up
+// a long ctx in a single attempt.
+func pingOnce(ctx context.Context, sdb *sql.DB) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return sdb.PingContext(ctx)
+}
+
+// permanent reports connection errors that retrying cannot fix.
+func permanent(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	return pe.Code == "3D000" || (len(pe.Code) == 5 && pe.Code[:2] == "28")
+}
+
+// Config returns the configuration the Client was opened with.
+func (c *Client) Config() Config { return c.cfg }
+
+// DB returns the underlying sqlx handle, for what this package does not
+// cover. Closing it closes the Client.
+func (c *Client) DB() *sqlx.DB { return c.db }
+
+// Ping checks that the server answers.
+func (c *Client) Ping(ctx context.Context) error {
+	if err := c.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping PostgreSQL at %s: %w", c.cfg, err)
+	}
+	return nil
+}
+
+// Close closes the pool; queries in flight finish first. Calling Close
+// more than once is harmless.
+func (c *Client) Close() error { return c.db.Close() }
+
+// Tables returns the names of the tables in the public schema, sorted.
+func (c *Client) Tables(ctx context.Context) ([]string, error) {
+	var names []string
+	if err := c.db.SelectContext(ctx, &names,
+		`SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = 'public'`); err != nil {
+		return nil, fmt.Errorf("list tables of %s: %w", c.cfg, err)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// Tx is a transaction opened by [Client.InTx]. It has the Client's query
+// helpers; pass it to [Model.In] to run a model's operations inside it.
+// A Tx is not safe for concurrent use, and is unusable once InTx returns.
+type Tx struct {
+	queries
+	tx *sqlx.Tx
+}
+
+// InTx runs fn in a transaction. The transaction is committed when fn
+// returns nil and rolled back when fn returns an error (which InTx returns,
+// joined with any rollback failure) or panics (the panic continues after the
+// rollback). A failed commit is returned as an error.
+func (c *Client) InTx(ctx context.Context, fn func(tx *Tx) error) (err error) {
+	return c.InTxOptions(ctx, nil, fn)
+}
+
+// InTxOptions is InTx with the isolation level and read-only flag of opts
+// (nil: the server's defaults).
+func (c *Client) InTxOptions(ctx context.Context, opts *sql.TxOptions, fn func(tx *Tx) error) (err error) {
+	stx, err := c.db.BeginTxx(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("begin transaction on %s: %w", c.cfg, err)
+	}
+	committed := false
+	defer func() {
+		if committed {
+			return
+		}
+		if r := recover(); r != nil {
+			if rerr := stx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+				slog.Error("roll back after a panic in a transaction failed", "err", rerr)
+			}
+			panic(r)
+		}
+	}()
+	if err := fn(&Tx{queries: queries{ext: stx}, tx: stx}); err != nil {
+		if rerr := stx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+			return errors.Join(err, fmt.Errorf("roll back transaction: %w", rerr))
+		}
+		return err
+	}
+	committed = true
+	if err := stx.Commit(); err != nil {
+		return classify(fmt.Errorf("commit transaction: %w", err), "", nil)
+	}
+	return nil
+}
+
+// runner is what both *sqlx.DB and *sqlx.Tx offer.
+type runner interface {
+	sqlx.ExtContext
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// queries are the helpers for hand-written SQL, on a pool or a transaction.
+type queries struct {
+	ext runner
+}
+
+// Get runs query with positional parameters ($1, $2, ...) and scans its one
+// row into dest (a struct with db tags, or a scalar for one column). No row
+// is an error matching ErrNotFound (and sql.ErrNoRows).
+func (q queries) Get(ctx context.Context, dest any, query string, args ...any) error {
+	return classify(sqlx.GetContext(ctx, q.ext, dest, query, args...), "", nil)
+}
+
+// Select runs query with positional parameters and scans every row into
+// dest, a pointer to a slice of structs or scalars.
+func (q queries) Select(ctx context.Context, dest any, query string, args ...any) error {
+	return classify(sqlx.SelectContext(ctx, q.ext, dest, query, args...), "", nil)
+}
+
+// Exec runs a statement with positional parameters.
+func (q queries) Exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	res, err := q.ext.ExecContext(ctx, query, args...)
+	return res, classify(err, "", nil)
+}
+
+// NamedGet is Get with named parameters (:name) taken from arg, a struct
+// with db tags or a map[string]any.
+func (q queries) NamedGet(ctx context.Context, dest any, query string, arg any) error {
+	query, args, err := q.ext.BindNamed(query, arg)
+	if err != nil {
+		return fmt.Errorf("bind named parameters: %w", err)
+	}
+	return q.Get(ctx, dest, query, args...)
+}
+
+// NamedSelect is Select with named parameters (:name) taken from arg.
+func (q queries) NamedSelect(ctx context.Context, dest any, query string, arg any) error {
+	query, args, err := q.ext.BindNamed(query, arg)
+	if err != nil {
+		return fmt.Errorf("bind named parameters: %w", err)
+	}
+	return q.Select(ctx, dest, query, args...)
+}
+
+// NamedExec is Exec with named parameters (:name) taken from arg.
+func (q queries) NamedExec(ctx context.Context, query string, arg any) (sql.Result, error) {
+	query, args, err := q.ext.BindNamed(query, arg)
+	if err != nil {
+		return nil, fmt.Errorf("bind named parameters: %w", err)
+	}
+	return q.Exec(ctx, query, args...)
+}

@@ -1,0 +1,407 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Model reads and writes rows of one table as values of T, a struct whose
+// fields name their columns with db tags:
+//
+//	type Item struct {
+//		ID      uuid.UUID       `db:"id"`
+//		Name    string          `db:"name"`
+//		Note    *string         `db:"note"`              // nullable
+//		Tags    db.Array[string] `db:"tags"`             // varchar[]
+//		Created time.Time       `db:"created,default"`   // zero: database default
+//	}
+//
+// A field without a db tag is the column named by its lowercased name (as in
+// sqlx); `db:"-"` skips a field; embedded structs contribute their fields.
+// The column "id" is the key. A zero key, and a zero field tagged
+// `,default`, is left out of INSERT so that the column's database default
+// applies.
+//
+// All SQL is built when the model is made. A Model is safe for concurrent
+// use; [Model.In] gives the same operations inside a transaction. Extend a
+// model by embedding it and adding queries built with [Model.Query] and
+// [Model.Columns] (see models.ExampleItems).
+type Model[T any] struct {
+	t   *table
+	run runner
+}
+
+// table is everything about T's table that is worked out once.
+type table struct {
+	name       string   // as given
+	quoted     string   // "schema"."name"
+	cols       []column // in struct order
+	byName     map[string]int
+	key        int    // index into cols of the key column
+	colList    string // "a", "b", ...
+	selectByID string
+	deleteByID string
+	list       string
+	optional   []int    // cols left out of INSERT when zero
+	inserts    sync.Map // uint64 mask of omitted optional cols -> insert SQL
+	names      string   // valid column names, for error messages
+}
+
+type column struct {
+	name    string
+	quoted  string
+	index   []int
+	typ     reflect.Type
+	dbDflt  bool // tagged ,default
+	isKey   bool
+	mutable bool
+}
+
+// NewModel returns the model of table (optionally schema-qualified,
+// "schema.table") for rows of type T, running on c. It fails when T is not a
+// struct, has no "id" column, or names a column twice.
+func NewModel[T any](c *Client, table string) (*Model[T], error) {
+	t, err := newTable(reflect.TypeFor[T](), table)
+	if err != nil {
+		return nil, err
+	}
+	return &Model[T]{t: t, run: c.db}, nil
+}
+
+// MustModel is NewModel that panics on error: for models declared in code,
+// whose struct tags are fixed at compile time and covered by tests.
+func MustModel[T any](c *Client, table string) *Model[T] {
+	m, err := NewModel[T](c, table)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+func newTable(rt reflect.Type, name string) (*table, error) {
+	if rt.Kind() != reflect.Struct {
+		return nil, fmt.Errorf("model of table %q: row type %s is not a struct", name, rt)
+	}
+	if name == "" {
+		return nil, fmt.Errorf("model of %s: empty table name", rt)
+	}
+	t := &table{name: name, byName: map[string]int{}, key: -1}
+	parts := strings.Split(name, ".")
+	for i, p := range parts {
+		if p == "" {
+			return nil, fmt.Errorf("model of %s: bad table name %q", rt, name)
+		}
+		parts[i] = quoteIdent(p)
+	}
+	t.quoted = strings.Join(parts, ".")
+	if err := t.addFields(rt, nil); err != nil {
+		return nil, fmt.Errorf("model of table %q with row type %s: %w", name, rt, err)
+	}
+	if t.key < 0 {
+		return nil, fmt.Errorf("model of table %q: row type %s has no field for the key column \"id\"", name, rt)
+	}
+	if len(t.cols) > 64 {
+		return nil, fmt.Errorf("model of table %q: %d columns, at most 64 are supported", name, len(t.cols))
+	}
+	quoted := make([]string, len(t.cols))
+	names := make([]string, len(t.cols))
+	for i, c := range t.cols {
+		quoted[i], names[i] = c.quoted, c.name
+		if c.isKey || c.dbDflt {
+			t.optional = append(t.optional, i)
+		}
+	}
+	slices.Sort(names)
+	t.names = strings.Join(names, ", ")
+	t.colList = strings.Join(quoted, ", ")
+	key := t.cols[t.key].quoted
+	t.selectByID = "SELECT " + t.colList + " FROM " + t.quoted + " WHERE " + key + " = $1"
+	t.deleteByID = "DELETE FROM " + t.quoted + " WHERE " + key + " = $1 RETURNING " + t.colList
+	t.list = "SELECT " + t.colList + " FROM " + t.quoted + " ORDER BY " + key + " LIMIT $1"
+	return t, nil
+}
+
+func (t *table) addFields(rt reflect.Type, index []int) error {
+	for i := range rt.NumField() {
+		f := rt.Field(i)
+		tag := f.Tag.Get("db")
+		if tag == "-" {
+			continue
+		}
+		name, opts, _ := strings.Cut(tag, ",")
+		idx := append(slices.Clone(index), i)
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Struct {
+				if err := t.addFields(ft, idx); err != nil {
+					return err
+				}
+				continue
+			}
+			if ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct {
+				return fmt.Errorf("embedded pointer %s: embed the struct by value", f.Name)
+			}
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		if _, dup := t.byName[name]; dup {
+			return fmt.Errorf("column %q named by two fields", name)
+		}
+		c := column{name: name, quoted: quoteIdent(name), index: idx, typ: f.Type, mutable: true}
+		for o := range strings.SplitSeq(opts, ",") {
+			switch o {
+			case "":
+			case "default":
+				c.dbDflt = true
+			default:
+				return fmt.Errorf("field %s: unknown db tag option %q (known: default)", f.Name, o)
+			}
+		}
+		if name == "id" {
+			c.isKey, c.mutable = true, false
+			t.key = len(t.cols)
+		}
+		t.byName[name] = len(t.cols)
+		t.cols = append(t.cols, c)
+	}
+	return nil
+}
+
+// quoteIdent quotes a PostgreSQL identifier.
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// In returns the model running on tx instead of the pool: the same
+// operations, inside the transaction.
+func (m *Model[T]) In(tx *Tx) *Model[T] {
+	return &Model[T]{t: m.t, run: tx.tx}
+}
+
+// Table returns the table's name as given to NewModel.
+func (m *Model[T]) Table() string { return m.t.name }
+
+// Columns returns the model's quoted column list ("id", "name", ...) in the
+// order [Model.Query] and [Model.QueryOne] scan them, to build SELECT or
+// RETURNING clauses of a model's own queries.
+func (m *Model[T]) Columns() string { return m.t.colList }
+
+// QuotedTable returns the table's quoted name, for a model's own queries.
+func (m *Model[T]) QuotedTable() string { return m.t.quoted }
+
+// Create inserts row and returns it as stored, with the values the database
+// filled in (the key when row's is zero, defaults of zero `,default` fields).
+// A unique violation is a *ConflictError (ErrConflict).
+func (m *Model[T]) Create(ctx context.Context, row T) (T, error) {
+	v := reflect.ValueOf(&row).Elem()
+	t := m.t
+	var mask uint64
+	for bit, ci := range t.optional {
+		if v.FieldByIndex(t.cols[ci].index).IsZero() {
+			mask |= 1 << bit
+		}
+	}
+	query := t.insertSQL(mask)
+	args := make([]any, 0, len(t.cols))
+	for i, c := range t.cols {
+		if t.omitted(mask, i) {
+			continue
+		}
+		args = append(args, v.FieldByIndex(c.index).Interface())
+	}
+	var id any // nil when the database picks the key
+	if kv := v.FieldByIndex(t.cols[t.key].index); !kv.IsZero() {
+		id = kv.Interface()
+	}
+	out, err := m.one(ctx, query, args...)
+	if err != nil {
+		return out, fmt.Errorf("create in %s: %w", t.name, classify(err, t.name, id))
+	}
+	return out, nil
+}
+
+// omitted reports whether column i is left out of the INSERT for mask.
+func (t *table) omitted(mask uint64, i int) bool {
+	for bit, ci := range t.optional {
+		if ci == i {
+			return mask&(1<<bit) != 0
+		}
+	}
+	return false
+}
+
+// insertSQL returns the INSERT for the given omitted optional columns,
+// building it the first time that combination is seen.
+func (t *table) insertSQL(mask uint64) string {
+	if q, ok := t.inserts.Load(mask); ok {
+		return q.(string)
+	}
+	var cols, params []string
+	for i, c := range t.cols {
+		if t.omitted(mask, i) {
+			continue
+		}
+		cols = append(cols, c.quoted)
+		params = append(params, "$"+strconv.Itoa(len(params)+1))
+	}
+	var q string
+	if len(cols) == 0 {
+		q = "INSERT INTO " + t.quoted + " DEFAULT VALUES RETURNING " + t.colList
+	} else {
+		q = "INSERT INTO " + t.quoted + " (" + strings.Join(cols, ", ") + ") VALUES (" +
+			strings.Join(params, ", ") + ") RETURNING " + t.colList
+	}
+	t.inserts.Store(mask, q)
+	return q
+}
+
+// Read returns the row whose key is id, or a *NotFoundError (ErrNotFound).
+func (m *Model[T]) Read(ctx context.Context, id any) (T, error) {
+	out, err := m.one(ctx, m.t.selectByID, id)
+	if err != nil {
+		return out, fmt.Errorf("read from %s: %w", m.t.name, classify(err, m.t.name, id))
+	}
+	return out, nil
+}
+
+// Update sets the columns named in changes (column name -> new value) on the
+// row whose key is id, and returns the row as stored. Changes naming an
+// unknown column or the key, or no changes at all, are refused with an
+// *InvalidError (ErrInvalid) before any SQL runs. A missing row is a
+// *NotFoundError, a unique violation a *ConflictError.
+func (m *Model[T]) Update(ctx context.Context, id any, changes map[string]any) (T, error) {
+	var zero T
+	t := m.t
+	if len(changes) == 0 {
+		return zero, fmt.Errorf("update %s id %v: %w", t.name, id,
+			&InvalidError{Table: t.name, Reason: "no changes given; name at least one of the columns " + t.names})
+	}
+	names := make([]string, 0, len(changes))
+	for name := range changes {
+		ci, ok := t.byName[name]
+		if !ok {
+			return zero, fmt.Errorf("update %s id %v: %w", t.name, id, &InvalidError{Table: t.name,
+				Column: name, Reason: "no such column; the columns are " + t.names})
+		}
+		if !t.cols[ci].mutable {
+			return zero, fmt.Errorf("update %s id %v: %w", t.name, id, &InvalidError{Table: t.name,
+				Column: name, Reason: "the key cannot be changed"})
+		}
+		names = append(names, name)
+	}
+	slices.Sort(names) // stable SQL text, so the driver's statement cache is reused
+	var b strings.Builder
+	b.WriteString("UPDATE ")
+	b.WriteString(t.quoted)
+	b.WriteString(" SET ")
+	args := make([]any, 0, len(names)+1)
+	for i, name := range names {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(t.cols[t.byName[name]].quoted)
+		b.WriteString(" = $")
+		b.WriteString(strconv.Itoa(i + 1))
+		args = append(args, changes[name])
+	}
+	b.WriteString(" WHERE ")
+	b.WriteString(t.cols[t.key].quoted)
+	b.WriteString(" = $")
+	b.WriteString(strconv.Itoa(len(names) + 1))
+	b.WriteString(" RETURNING ")
+	b.WriteString(t.colList)
+	args = append(args, id)
+	out, err := m.one(ctx, b.String(), args...)
+	if err != nil {
+		return out, fmt.Errorf("update %s: %w", t.name, classify(err, t.name, id))
+	}
+	return out, nil
+}
+
+// Delete deletes the row whose key is id and returns it, or a
+// *NotFoundError (ErrNotFound) when there was none.
+func (m *Model[T]) Delete(ctx context.Context, id any) (T, error) {
+	out, err := m.one(ctx, m.t.deleteByID, id)
+	if err != nil {
+		return out, fmt.Errorf("delete from %s: %w", m.t.name, classify(err, m.t.name, id))
+	}
+	return out, nil
+}
+
+// List returns at most limit rows, ordered by key. limit must be positive.
+func (m *Model[T]) List(ctx context.Context, limit int) ([]T, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("list %s: %w", m.t.name, &InvalidError{Table: m.t.name,
+			Reason: fmt.Sprintf("limit %d: give a positive number of rows", limit)})
+	}
+	rows, err := m.Query(ctx, m.t.list, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", m.t.name, err)
+	}
+	return rows, nil
+}
+
+// Query runs a hand-written query that returns the model's columns in the
+// order of [Model.Columns] (e.g. "SELECT "+m.Columns()+" FROM "+
+// m.QuotedTable()+" WHERE ...") and returns its rows. It runs where the
+// model runs: on the pool, or in the transaction given to In.
+func (m *Model[T]) Query(ctx context.Context, query string, args ...any) ([]T, error) {
+	rows, err := m.run.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, classify(err, m.t.name, nil)
+	}
+	defer rows.Close()
+	var out []T
+	ptrs := make([]any, len(m.t.cols))
+	for rows.Next() {
+		var row T
+		m.t.targets(&row, ptrs)
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, fmt.Errorf("scan row of %s: %w", m.t.name, err)
+		}
+		out = append(out, row)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(err, m.t.name, nil)
+	}
+	if out == nil {
+		out = []T{}
+	}
+	return out, nil
+}
+
+// QueryOne is Query for a query that returns one row; none is a
+// *NotFoundError (ErrNotFound) naming the table.
+func (m *Model[T]) QueryOne(ctx context.Context, query string, args ...any) (T, error) {
+	out, err := m.one(ctx, query, args...)
+	return out, classify(err, m.t.name, nil)
+}
+
+// one runs query and scans its single row; errors are left unclassified.
+func (m *Model[T]) one(ctx context.Context, query string, args ...any) (T, error) {
+	var row T
+	ptrs := make([]any, len(m.t.cols))
+	m.t.targets(&row, ptrs)
+	if err := m.run.QueryRowContext(ctx, query, args...).Scan(ptrs...); err != nil {
+		var zero T
+		return zero, err
+	}
+	return row, nil
+}
+
+// targets fills ptrs with pointers to row's fields, in column order.
+func (t *table) targets(row any, ptrs []any) {
+	v := reflect.ValueOf(row).Elem()
+	for i, c := range t.cols {
+		ptrs[i] = v.FieldByIndex(c.index).Addr().Interface()
+	}
+}
