@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+#
+# Stages:
+#   dev      Go toolchain plus the project's tools (task, air) already built;
+#            compose.yaml and the devcontainer run the service from the
+#            mounted source under Air.
+#   build    a static binary of ./src (CGO off, -trimpath, stripped), with
+#            module and build caches kept between builds.
+#   runtime  that binary alone on scratch, as a non-root user. The default
+#            target: `go tool task build` or `docker build -t service .`.
+
+ARG GO_VERSION=1.26
+
+FROM golang:${GO_VERSION} AS dev
+ARG USERNAME=dev
+ARG USER_UID=1000
+ARG USER_GID=${USER_UID}
+# psql and pg_dump for `task manage:pending` and for looking around.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends postgresql-client \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid "${USER_GID}" "${USERNAME}" \
+ && useradd --uid "${USER_UID}" --gid "${USER_GID}" --create-home --shell /bin/bash "${USERNAME}" \
+ && mkdir -p "/home/${USERNAME}/.cache/go-build" /workspace \
+ && chown -R "${USERNAME}:${USERNAME}" "/home/${USERNAME}/.cache" /workspace
+USER ${USERNAME}
+WORKDIR /workspace
+# Only go.mod and go.sum: the source is mounted at run time. The tools go to
+# /go/bin (on PATH as `task` and `air`) and into the build cache, so
+# `go tool task` and `go tool air` start at once.
+COPY --chown=${USERNAME}:${USERNAME} go.mod go.sum ./
+RUN go mod download \
+ && go install tool \
+ && go tool task --version \
+ && go tool air -v
+ENV MODE=development
+CMD ["go", "tool", "air"]
+
+FROM golang:${GO_VERSION} AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+COPY src ./src
+RUN --mount=type=cache,target=/go/pkg/mod \
+    --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/service ./src
+
+FROM scratch AS runtime
+# CA certificates, for brokers or databases reached over TLS.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /out/service /service
+# 65532: the conventional "nonroot" user of minimal images; scratch has no
+# /etc/passwd, so it is given by number.
+USER 65532:65532
+ENV MODE=production
+# Exits 0 when RabbitMQ and PostgreSQL answer, else 1 with what is unreachable.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+  CMD ["/service", "healthcheck"]
+ENTRYPOINT ["/service"]
