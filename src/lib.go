@@ -1,0 +1,113 @@
+package main
+
+// Business logic, kept apart from the routes in server.go: nothing in this
+// file knows about AMQP or SQL, so it can be read and tested on its own.
+// A route in server.go decodes a request, calls a function from here, and
+// stores or answers what it returns.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"time"
+	"unicode/utf8"
+
+	"example.com/service/src/models"
+)
+
+// helloWorld answers every request the same way.
+func helloWorld(context.Context, any) (string, error) {
+	return "Hello world!", nil
+}
+
+// tookForever stands in for slow asynchronous work (a call to another
+// service, say): it waits about a second without blocking other requests,
+// then answers. It gives up when the caller does.
+func tookForever(ctx context.Context, s string) (string, error) {
+	select {
+	case <-time.After(time.Second):
+		return s + " that took forever", nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("gave up waiting for %q: %w", s, context.Cause(ctx))
+	}
+}
+
+// willError always fails, to show what a caller receives when a handler
+// returns an error.
+func willError(_ context.Context, data any) (any, error) {
+	return nil, fmt.Errorf("Just an exception: %v", data) //nolint:staticcheck // the seed's wording, capital J, is part of the contract
+}
+
+// addBar returns o with "bar": "baz" added; o itself is left unchanged.
+func addBar(_ context.Context, o map[string]any) (map[string]any, error) {
+	if o == nil {
+		return nil, badRequest(`dictionary needs a JSON object as data, e.g. {"data": {"foo": 1}}; got null`)
+	}
+	out := maps.Clone(o)
+	out["bar"] = "baz"
+	return out, nil
+}
+
+// newItem is the data of example-item.create and example-item.store.
+type newItem struct {
+	String  *string          `json:"string"`
+	Integer int16            `json:"integer"`
+	JSON    *json.RawMessage `json:"json"`
+}
+
+// toItem checks an incoming item against the table's rules, so that a bad
+// item is answered with a clear message instead of a database error.
+func (n newItem) toItem() (models.ExampleItem, error) {
+	switch {
+	case n.String == nil:
+		return models.ExampleItem{}, badRequest(`example item: "string" is missing; send {"string": "...", "integer": 0, "json": {...}}`)
+	case utf8.RuneCountInString(*n.String) > 255:
+		return models.ExampleItem{}, badRequest(`example item: "string" has %d characters, at most 255 fit`, utf8.RuneCountInString(*n.String))
+	}
+	item := models.ExampleItem{String: *n.String, Integer: n.Integer}
+	if n.JSON != nil {
+		item.JSON = *n.JSON
+	}
+	return item, nil
+}
+
+// itemChanges is the data of example-item.update.
+type itemChanges struct {
+	ID      string         `json:"id"`
+	Changes map[string]any `json:"changes"`
+}
+
+// check refuses an update that names no item, changes nothing or tries to
+// change the key. Unknown columns are refused by the model itself.
+func (c itemChanges) check() error {
+	switch {
+	case c.ID == "":
+		return badRequest(`example-item.update needs {"id": "<uuid>", "changes": {...}}; "id" is missing`)
+	case len(c.Changes) == 0:
+		return badRequest("example-item.update of %s: \"changes\" is empty, nothing to update", c.ID)
+	case c.Changes["id"] != nil:
+		return badRequest("example-item.update of %s: the id cannot be changed", c.ID)
+	}
+	return nil
+}
+
+// wantString is the rule of example-items: a string to match is required.
+func wantString(s *string) (string, error) {
+	if s == nil {
+		return "", badRequest(`example-items needs a string to match as data, e.g. {"data": "foo"}; got none`)
+	}
+	return *s, nil
+}
+
+// requestError is a request the caller must fix. Its ErrorType makes the
+// worker library answer it with error type "BadRequest" (and dead-letter a
+// queue message at once instead of retrying it).
+type requestError struct{ msg string }
+
+func (e *requestError) Error() string     { return e.msg }
+func (e *requestError) ErrorType() string { return "BadRequest" }
+
+func badRequest(format string, args ...any) error {
+	return &requestError{fmt.Sprintf(format, args...)}
+}

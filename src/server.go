@@ -1,0 +1,223 @@
+// Command service is the example service of this template: RPC and
+// work-queue routes over RabbitMQ, backed by PostgreSQL. Read it top to
+// bottom: configuration, database, models, workers, routes, run.
+//
+// Add a route by registering a handler on a worker below and putting its
+// logic in lib.go; add a table as a .go + .sql pair in models/.
+//
+// Usage:
+//
+//	service              run until SIGINT or SIGTERM
+//	service healthcheck  exit 0 when RabbitMQ and PostgreSQL answer (for container health checks)
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+
+	"example.com/service/src/db"
+	"example.com/service/src/models"
+	"example.com/service/src/runner"
+	"example.com/service/src/worker"
+)
+
+//
+// CONFIGURATION
+//
+
+// config is read from the environment once, at start.
+type config struct {
+	Mode     string        // MODE: development (debug logs, error details in replies) or production
+	Broker   worker.Config // BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASS, BROKER_VHOST (or BROKER_URL)
+	Database db.Config     // DB_HOST, DB_PORT, DB_USER, DB_PASS, DB_NAME (or DB_URL)
+
+	// StartTimeout bounds connecting at start (START_TIMEOUT, default 30s):
+	// past it the service exits non-zero naming what it could not reach.
+	StartTimeout time.Duration
+	// DrainTimeout bounds the graceful stop (DRAIN_TIMEOUT, default 10s):
+	// in-flight requests get this long to finish and be answered.
+	DrainTimeout time.Duration
+}
+
+func (c config) development() bool { return c.Mode == "development" }
+
+// loadConfig reads the environment; an invalid value is an error naming the
+// variable, its value and what is accepted.
+func loadConfig() (config, error) {
+	cfg := config{Mode: os.Getenv("MODE")}
+	var errs [5]error
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = "development"
+	case "development", "production":
+	default:
+		errs[0] = fmt.Errorf("MODE=%q: want development or production", cfg.Mode)
+	}
+	cfg.Broker, errs[1] = worker.ConfigFromEnv()
+	cfg.Database, errs[2] = db.ConfigFromEnv()
+	cfg.StartTimeout, errs[3] = durationEnv("START_TIMEOUT", 30*time.Second)
+	cfg.DrainTimeout, errs[4] = durationEnv("DRAIN_TIMEOUT", 10*time.Second)
+	return cfg, errors.Join(errs[:]...)
+}
+
+func durationEnv(key string, def time.Duration) (time.Duration, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s=%q: want a positive duration such as 10s or 1m", key, v)
+	}
+	return d, nil
+}
+
+func newLogger(cfg config) *slog.Logger {
+	if cfg.development() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+}
+
+func main() {
+	cfg, err := loadConfig()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "invalid configuration: %v\n", err)
+		os.Exit(2)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck(cfg))
+	}
+	log := newLogger(cfg)
+	slog.SetDefault(log)
+	if err := run(context.Background(), cfg, log); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	//
+	// DATABASE SETUP: connect first, retrying until StartTimeout.
+	//
+	startCtx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	database, err := db.Open(startCtx, cfg.Database)
+	if err != nil {
+		return err // "cannot reach PostgreSQL at ..."
+	}
+	defer database.Close()
+
+	//
+	// AMQP SETUP: one connection, shared by the workers; it reconnects by itself.
+	//
+	broker, err := worker.Dial(startCtx, cfg.Broker, worker.WithLogger(log))
+	if err != nil {
+		return err // "cannot reach RabbitMQ at ..."
+	}
+	defer broker.Close()
+
+	//
+	// MODELS: a model is a table's row type plus its queries; the built-in
+	// CRUD (Create, Read, Update, Delete, List) comes with db.Model.
+	//
+	items := models.NewExampleItems(database)
+
+	//
+	// WORKERS: an RPC worker answers requests; a queue worker consumes
+	// fire-and-forget messages (retried, then dead-lettered to <route>.dlq).
+	//
+	opts := []worker.Option{worker.WithLogger(log), worker.WithDevelopment(cfg.development())}
+	rpc := worker.NewRPC(broker, opts...)
+	queue := worker.NewQueue(broker, opts...)
+
+	//
+	// ROUTES: the route name is the queue name. worker.Func adapts a typed
+	// function func(ctx, Req) (Resp, error); worker.Job a func(ctx, Msg) error.
+	//
+	rpc.Handle("hello_world", worker.Func(helloWorld))
+	rpc.Handle("test", worker.Func(tookForever))
+	rpc.Handle("will-error", worker.Func(willError))
+	rpc.Handle("dictionary", worker.Func(addBar))
+	rpc.Handle("db", worker.Func(func(ctx context.Context, _ any) ([]string, error) {
+		return database.Tables(ctx)
+	}))
+	rpc.Handle("example-items", worker.Func(func(ctx context.Context, s *string) ([]models.ExampleItem, error) {
+		match, err := wantString(s)
+		if err != nil {
+			return nil, err
+		}
+		return items.AllByString(ctx, match)
+	}))
+	rpc.Handle("example-item.create", worker.Func(func(ctx context.Context, in newItem) (models.ExampleItem, error) {
+		item, err := in.toItem()
+		if err != nil {
+			return item, err
+		}
+		return items.Create(ctx, item)
+	}))
+	rpc.Handle("example-item.read", worker.Func(func(ctx context.Context, id uuid.UUID) (models.ExampleItem, error) {
+		return items.Read(ctx, id)
+	}))
+	rpc.Handle("example-item.update", worker.Func(func(ctx context.Context, in itemChanges) (models.ExampleItem, error) {
+		if err := in.check(); err != nil {
+			return models.ExampleItem{}, err
+		}
+		return items.Update(ctx, in.ID, in.Changes)
+	}))
+	rpc.Handle("example-item.delete", worker.Func(func(ctx context.Context, id uuid.UUID) (models.ExampleItem, error) {
+		return items.Delete(ctx, id)
+	}))
+
+	queue.Handle("queue-test", worker.Job(func(ctx context.Context, data any) error {
+		log.InfoContext(ctx, "queue-test received a message", "data", data)
+		return nil
+	}))
+	queue.Handle("example-item.store", worker.Job(func(ctx context.Context, in newItem) error {
+		item, err := in.toItem()
+		if err != nil {
+			return err
+		}
+		_, err = items.Create(ctx, item)
+		return err
+	}))
+
+	//
+	// RUN: start the workers, serve until SIGINT or SIGTERM, then stop taking
+	// work, let in-flight requests finish (DrainTimeout) and close in reverse.
+	//
+	r := &runner.Runner{Logger: log, DrainTimeout: cfg.DrainTimeout}
+	return r.Run(ctx, runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
+}
+
+// healthcheck answers whether RabbitMQ and PostgreSQL can be reached, for a
+// container's HEALTHCHECK in an image without a shell. It prints one line
+// naming what is unreachable and returns the exit code.
+func healthcheck(cfg config) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	var errs []error
+	if database, err := db.Open(ctx, cfg.Database); err != nil {
+		errs = append(errs, err)
+	} else {
+		_ = database.Close()
+	}
+	if broker, err := worker.Dial(ctx, cfg.Broker, worker.WithLogger(slog.New(slog.DiscardHandler))); err != nil {
+		errs = append(errs, err)
+	} else {
+		_ = broker.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintln(os.Stderr, "unhealthy:", err)
+		return 1
+	}
+	fmt.Println("healthy: RabbitMQ and PostgreSQL answer")
+	return 0
+}
+
