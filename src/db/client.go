@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,26 +72,48 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		}
 		if permanent(err) {
 			_ = sdb.Close()
-			return nil, fmt.Errorf("cannot connect to PostgreSQL at %s: %w", cfg, err)
+			return nil, &lineError{fmt.Sprintf("cannot connect to PostgreSQL at %s: %s", cfg, oneLine(err)), err}
 		}
 		if ctx.Err() != nil {
 			_ = sdb.Close()
-			return nil, fmt.Errorf("cannot reach PostgreSQL at %s: %w (gave up after %d attempts in %s)",
-				cfg, err, attempt, time.Since(start).Round(time.Millisecond))
+			return nil, &lineError{fmt.Sprintf("cannot reach PostgreSQL at %s: %s (gave up after %d attempts in %s)",
+				cfg, oneLine(err), attempt, time.Since(start).Round(time.Millisecond)), err}
 		}
 		slog.Warn("PostgreSQL not reachable yet, retrying", "target", cfg.String(),
-			"attempt", attempt, "retry_in", wait, "err", err)
+			"attempt", attempt, "retry_in", wait, "err", oneLine(err))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			_ = sdb.Close()
-			return nil, fmt.Errorf("cannot reach PostgreSQL at %s: %w (gave up after %d attempts in %s)",
-				cfg, err, attempt, time.Since(start).Round(time.Millisecond))
+			return nil, &lineError{fmt.Sprintf("cannot reach PostgreSQL at %s: %s (gave up after %d attempts in %s)",
+				cfg, oneLine(err), attempt, time.Since(start).Round(time.Millisecond)), err}
 		case <-t.C:
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+}
+
+// lineError is an error whose message is one line while it still unwraps
+// to the driver's (possibly multi-line) error.
+type lineError struct {
+	msg string
+	err error
+}
+
+func (e *lineError) Error() string { return e.msg }
+func (e *lineError) Unwrap() error { return e.err }
+
+// oneLine flattens the driver's connect error, which lists each address
+// tried on its own line, into one line without repeated entries.
+func oneLine(err error) string {
+	var parts []string
+	for p := range strings.SplitSeq(err.Error(), "\n") {
+		if p = strings.TrimSpace(p); p != "" && !slices.Contains(parts, p) {
+			parts = append(parts, p)
+		}
+	}
+	return strings.ReplaceAll(strings.Join(parts, "; "), ":; ", ": ")
 }
 
 // pingOnce pings with a 10 s bound, so that one silent host cannot use up

@@ -2,6 +2,7 @@ package db
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"reflect"
 	"slices"
@@ -60,6 +61,9 @@ type column struct {
 	dbDflt  bool // tagged ,default
 	isKey   bool
 	mutable bool
+	// asBytes: a named []byte type such as json.RawMessage, scanned through
+	// *[]byte, which database/sql fills with nil for NULL.
+	asBytes bool
 }
 
 // NewModel returns the model of table (optionally schema-qualified,
@@ -157,6 +161,8 @@ func (t *table) addFields(rt reflect.Type, index []int) error {
 			return fmt.Errorf("column %q named by two fields", name)
 		}
 		c := column{name: name, quoted: quoteIdent(name), index: idx, typ: f.Type, mutable: true}
+		c.asBytes = f.Type != bytesType && f.Type.ConvertibleTo(bytesType) && f.Type.Kind() == reflect.Slice &&
+			!reflect.PointerTo(f.Type).Implements(scannerType)
 		for o := range strings.SplitSeq(opts, ",") {
 			switch o {
 			case "":
@@ -175,6 +181,12 @@ func (t *table) addFields(rt reflect.Type, index []int) error {
 	}
 	return nil
 }
+
+var (
+	bytesType    = reflect.TypeFor[[]byte]()
+	bytesPtrType = reflect.TypeFor[*[]byte]()
+	scannerType  = reflect.TypeFor[sql.Scanner]()
+)
 
 // quoteIdent quotes a PostgreSQL identifier.
 func quoteIdent(s string) string {
@@ -402,6 +414,10 @@ func (m *Model[T]) one(ctx context.Context, query string, args ...any) (T, error
 func (t *table) targets(row any, ptrs []any) {
 	v := reflect.ValueOf(row).Elem()
 	for i, c := range t.cols {
-		ptrs[i] = v.FieldByIndex(c.index).Addr().Interface()
+		p := v.FieldByIndex(c.index).Addr()
+		if c.asBytes {
+			p = p.Convert(bytesPtrType)
+		}
+		ptrs[i] = p.Interface()
 	}
 }
