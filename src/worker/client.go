@@ -1,0 +1,239 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// directReplyTo is RabbitMQ's pseudo-queue for replies without a reply queue.
+const directReplyTo = "amq.rabbitmq.reply-to"
+
+// Client calls RPC routes and publishes to queue routes. It is safe for
+// concurrent use; concurrent Calls and Publishes share its two channels and
+// are pipelined. When the connection drops it opens new channels on the
+// recovered connection.
+type Client struct {
+	conn *Conn
+	opts options
+	lim  limits
+	pub  *publisher
+
+	mu     sync.Mutex
+	sess   *callSession
+	closed bool
+
+	prefix string
+	seq    atomic.Uint64
+}
+
+type callSession struct {
+	ch      *amqp.Channel
+	dead    chan struct{}
+	mu      sync.Mutex
+	pending map[string]chan callResult
+}
+
+type callResult struct {
+	body     []byte
+	returned *amqp.Return
+}
+
+// NewClient returns a client on conn. Options: [WithLogger],
+// [WithMaxBodySize] (for replies).
+func NewClient(conn *Conn, opts ...Option) *Client {
+	o := newOptions(opts)
+	return &Client{
+		conn:   conn,
+		opts:   o,
+		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
+		pub:    newPublisher(conn, o.logger),
+		prefix: randomHex(6) + ".",
+	}
+}
+
+// Call sends req as {"data": req} to route and decodes the reply data into
+// resp (a pointer; nil discards it). It returns:
+//   - a *RemoteError when the handler failed (errors.As);
+//   - an error matching ErrNoRoute at once when no queue exists for route;
+//   - an error matching context.DeadlineExceeded (or Canceled) when ctx
+//     ends first; the deadline travels with the request, so a worker does
+//     not start it once the caller has given up;
+//   - an error matching ErrConnectionLost when the connection dropped
+//     while waiting.
+//
+// req may be a json.RawMessage to send pre-encoded data.
+func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
+	body, err := encodeRequest(req)
+	if err != nil {
+		return fmt.Errorf("call %q: %w", route, err)
+	}
+	msg := amqp.Publishing{ContentType: ContentJSON, ReplyTo: directReplyTo, Body: body}
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left < time.Millisecond {
+			return fmt.Errorf("call %q: deadline passed before sending: %w", route, context.DeadlineExceeded)
+		}
+		msg.Expiration = strconv.FormatInt(left.Milliseconds(), 10)
+		msg.Headers = amqp.Table{HeaderDeadline: dl.UnixMilli()}
+	}
+	id := c.prefix + itoa(c.seq.Add(1))
+	msg.CorrelationId = id
+	msg.MessageId = id
+	done := make(chan callResult, 1)
+	var s *callSession
+	for {
+		s, err = c.session(ctx)
+		if err != nil {
+			return fmt.Errorf("call %q: %w", route, err)
+		}
+		s.mu.Lock()
+		s.pending[id] = done
+		s.mu.Unlock()
+		err = s.ch.PublishWithContext(ctx, "", route, true, false, msg)
+		if err == nil {
+			break
+		}
+		s.forget(id)
+		if !s.ch.IsClosed() || ctx.Err() != nil {
+			return fmt.Errorf("call %q: send request: %w", route, err)
+		}
+		// The channel died before the request left: send it on a new one.
+		select {
+		case <-s.dead:
+		case <-ctx.Done():
+			return fmt.Errorf("call %q: send request: %w", route, ctx.Err())
+		}
+	}
+	defer s.forget(id)
+	select {
+	case r := <-done:
+		if r.returned != nil {
+			return fmt.Errorf("call %q: %w: no queue named %q (is its worker running?)", route, ErrNoRoute, route)
+		}
+		data, err := decodeReply(route, r.body, c.lim)
+		if err != nil {
+			return err
+		}
+		if resp != nil {
+			if err := json.Unmarshal(data, resp); err != nil {
+				return fmt.Errorf("call %q: reply data does not decode into %T: %w", route, resp, err)
+			}
+		}
+		return nil
+	case <-s.dead:
+		return fmt.Errorf("call %q: %w", route, ErrConnectionLost)
+	case <-ctx.Done():
+		return fmt.Errorf("call %q: no reply: %w", route, ctx.Err())
+	}
+}
+
+// Publish sends msg as a persistent {"data": msg} to the queue route and
+// returns once the broker has confirmed it (written it to the durable
+// queue). When no such queue exists it fails with an error matching
+// ErrNoRoute. When the connection drops before the confirm, Publish sends
+// the message again once reconnected, so a consumer may see it twice
+// (each message carries a unique message_id to tell). msg may be a
+// json.RawMessage.
+func (c *Client) Publish(ctx context.Context, queue string, msg any) error {
+	body, err := encodeRequest(msg)
+	if err != nil {
+		return fmt.Errorf("publish to queue %q: %w", queue, err)
+	}
+	return c.pub.publish(ctx, queue, amqp.Publishing{
+		ContentType:  ContentJSON,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    c.prefix + itoa(c.seq.Add(1)),
+		Body:         body,
+	})
+}
+
+// Close closes the client's channels. Calls and Publishes in progress fail.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	s := c.sess
+	c.mu.Unlock()
+	if s != nil {
+		_ = s.ch.Close()
+	}
+	c.pub.close()
+	return nil
+}
+
+// session returns the live call session, opening one when needed.
+func (c *Client) session(ctx context.Context) (*callSession, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if s := c.sess; s != nil {
+		select {
+		case <-s.dead:
+		default:
+			return s, nil
+		}
+	}
+	ch, err := c.conn.channel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	replies, err := ch.Consume(directReplyTo, "", true, false, false, false, nil)
+	if err != nil {
+		_ = ch.Close()
+		return nil, fmt.Errorf("consume direct reply-to: %w", err)
+	}
+	s := &callSession{ch: ch, dead: make(chan struct{}), pending: map[string]chan callResult{}}
+	returns := ch.NotifyReturn(make(chan amqp.Return, 16))
+	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	go s.listen(replies, returns, closes)
+	c.sess = s
+	return s, nil
+}
+
+func (s *callSession) listen(replies <-chan amqp.Delivery, returns chan amqp.Return, closes chan *amqp.Error) {
+	defer close(s.dead)
+	for replies != nil || returns != nil || closes != nil {
+		select {
+		case d, ok := <-replies:
+			if !ok {
+				replies = nil
+				continue
+			}
+			s.deliver(d.CorrelationId, callResult{body: d.Body})
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			s.deliver(r.CorrelationId, callResult{returned: &r})
+		case _, ok := <-closes:
+			if !ok {
+				closes = nil
+			}
+		}
+	}
+}
+
+func (s *callSession) deliver(id string, r callResult) {
+	s.mu.Lock()
+	done := s.pending[id]
+	delete(s.pending, id)
+	s.mu.Unlock()
+	if done != nil {
+		done <- r // buffered 1; each id is delivered at most once
+	}
+}
+
+func (s *callSession) forget(id string) {
+	s.mu.Lock()
+	delete(s.pending, id)
+	s.mu.Unlock()
+}

@@ -1,0 +1,103 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error types on the wire that this package produces itself.
+const (
+	TypeBadRequest = "BadRequest" // the request could not be decoded or had the wrong shape
+	TypeError      = "Error"      // any error without a type of its own
+)
+
+var (
+	// ErrBadRequest marks an error as the caller's fault: its reply type is
+	// "BadRequest", and a queue worker dead-letters the message at once
+	// instead of retrying. Wrap it: fmt.Errorf("item %q: %w", id, worker.ErrBadRequest).
+	// A [RemoteError] of type "BadRequest" matches it with errors.Is.
+	ErrBadRequest = errors.New("bad request")
+
+	// ErrNoRoute is returned by Call and Publish when no queue exists for
+	// the route: the broker returned the message as unroutable.
+	ErrNoRoute = errors.New("no queue for route")
+
+	// ErrConnectionLost is returned by Call when the connection dropped
+	// after the request was sent and before its reply arrived; the request
+	// may or may not have run.
+	ErrConnectionLost = errors.New("connection lost before the reply arrived")
+)
+
+// Typed is implemented by errors that choose their reply type, e.g. a
+// database "not found" error returning "NotFound". The first error in the
+// chain (errors.As) that implements it decides the type.
+type Typed interface {
+	ErrorType() string
+}
+
+// Error is an error with a reply type, for handlers that want one without
+// declaring an error type. Create it with [Errorf].
+type Error struct {
+	Type string
+	Err  error
+}
+
+// Errorf returns an *Error of the given reply type whose message is
+// fmt.Sprintf(format, args...); %w wraps as in fmt.Errorf.
+func Errorf(typ, format string, args ...any) error {
+	return &Error{Type: typ, Err: fmt.Errorf(format, args...)}
+}
+
+func (e *Error) Error() string     { return e.Err.Error() }
+func (e *Error) Unwrap() error     { return e.Err }
+func (e *Error) ErrorType() string { return e.Type }
+
+// errorType names err on the wire.
+func errorType(err error) string {
+	var t Typed
+	if errors.As(err, &t) {
+		if s := t.ErrorType(); s != "" {
+			return s
+		}
+	}
+	if errors.Is(err, ErrBadRequest) {
+		return TypeBadRequest
+	}
+	return TypeError
+}
+
+// RemoteError is a failure reply: the handler of Route failed with an error
+// of type Type. Check it with errors.As; a type of "BadRequest" also matches
+// [ErrBadRequest] with errors.Is. It implements [Typed], so a service that
+// relays it keeps the type.
+type RemoteError struct {
+	Route   string
+	Type    string // e.g. "NotFound", "BadRequest", "Error"
+	Message string
+	GoType  string // development mode only
+	Trace   string // development mode only
+}
+
+func (e *RemoteError) Error() string {
+	return fmt.Sprintf("route %q failed: %s: %s", e.Route, e.Type, e.Message)
+}
+
+// ErrorType returns e.Type.
+func (e *RemoteError) ErrorType() string { return e.Type }
+
+// Is reports whether target is ErrBadRequest and e is of type "BadRequest".
+func (e *RemoteError) Is(target error) bool {
+	return target == ErrBadRequest && e.Type == TypeBadRequest
+}
+
+// badRequest returns an error of type BadRequest whose message is
+// fmt.Sprintf(format, args...) (%w wraps).
+func badRequest(format string, args ...any) error {
+	return &badRequestError{err: fmt.Errorf(format, args...)}
+}
+
+type badRequestError struct{ err error }
+
+func (e *badRequestError) Error() string        { return e.err.Error() }
+func (e *badRequestError) Unwrap() error        { return e.err }
+func (e *badRequestError) Is(target error) bool { return target == ErrBadRequest }

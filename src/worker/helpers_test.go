@@ -1,0 +1,197 @@
+package worker_test
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"example.com/service/src/internal/testenv"
+	"example.com/service/src/worker"
+)
+
+// brokerConfig is the test broker as a worker.Config.
+func brokerConfig() worker.Config {
+	port, _ := strconv.Atoi(testenv.Env("BROKER_PORT", "5672"))
+	return worker.Config{
+		Host:     testenv.Env("BROKER_HOST", "127.0.0.1"),
+		Port:     port,
+		User:     testenv.Env("BROKER_USER", "guest"),
+		Password: testenv.Env("BROKER_PASS", "guest"),
+		VHost:    testenv.Env("BROKER_VHOST", "/"),
+	}
+}
+
+// brokerURL is the broker's URL for plain amqp091 connections. (It does not
+// use testenv.BrokerURL, which escapes the vhost twice: "/" becomes "%2F".)
+func brokerURL() string {
+	c := brokerConfig()
+	u := url.URL{Scheme: "amqp", User: url.UserPassword(c.User, c.Password),
+		Host: net.JoinHostPort(c.Host, strconv.Itoa(c.Port)), Path: "/" + c.VHost, RawPath: "/" + url.PathEscape(c.VHost)}
+	return u.String()
+}
+
+// requireBroker skips in -short mode and fails when the broker is down.
+func requireBroker(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("needs RabbitMQ; skipped with -short")
+	}
+	testenv.RequireBroker(tb)
+}
+
+// dial opens a Conn named name (random when empty), closed at cleanup.
+func dial(tb testing.TB, name string) *worker.Conn {
+	tb.Helper()
+	if name == "" {
+		name = testenv.Name("worker-test-")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := worker.Dial(ctx, brokerConfig(), worker.WithName(name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// raw opens a plain amqp091 connection and channel for the test's own
+// checks, closed at cleanup.
+func raw(tb testing.TB) *amqp.Channel {
+	tb.Helper()
+	conn, err := amqp.Dial(brokerURL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ch
+}
+
+// route returns a unique route name whose queue and dead-letter queue are
+// deleted at cleanup.
+func route(tb testing.TB, prefix string) string {
+	tb.Helper()
+	name := testenv.Name("wt-" + prefix + "-")
+	tb.Cleanup(func() { deleteQueues(tb, name, name+worker.DeadLetterSuffix) })
+	return name
+}
+
+func deleteQueues(tb testing.TB, names ...string) {
+	conn, err := amqp.Dial(brokerURL())
+	if err != nil {
+		tb.Errorf("delete queues %v: %v", names, err)
+		return
+	}
+	defer conn.Close()
+	for _, n := range names {
+		ch, err := conn.Channel()
+		if err != nil {
+			tb.Errorf("delete queue %s: %v", n, err)
+			return
+		}
+		_, _ = ch.QueueDelete(n, false, false, false)
+		_ = ch.Close()
+	}
+}
+
+// shutdowner is what RPC and Queue have in common.
+type shutdowner interface {
+	Start(context.Context) error
+	Shutdown(context.Context) error
+}
+
+// start starts w and shuts it down at cleanup.
+func start(tb testing.TB, w shutdowner) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = w.Shutdown(ctx)
+	})
+}
+
+func client(tb testing.TB, conn *worker.Conn) *worker.Client {
+	c := worker.NewClient(conn)
+	tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// closeConnection makes the broker close the connection whose
+// connection_name is name, as a network failure would.
+func closeConnection(tb testing.TB, name string) {
+	tb.Helper()
+	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "pid", "client_properties").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("rabbitmqctl list_connections: %v\n%s", err, out)
+	}
+	closed := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.Contains(line, `"`+name+`"`) && !strings.Contains(line, "<<\""+name+"\">>") {
+			continue
+		}
+		pid := strings.Fields(line)[0]
+		if out, err := exec.Command("rabbitmqctl", "-q", "close_connection", pid, "test closes it").CombinedOutput(); err != nil {
+			tb.Fatalf("rabbitmqctl close_connection %s: %v\n%s", pid, err, out)
+		}
+		closed++
+	}
+	if closed == 0 {
+		tb.Fatalf("no connection named %q in:\n%s", name, out)
+	}
+}
+
+// counter counts calls per key.
+type counter struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (c *counter) add(k string) {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]int{}
+	}
+	c.m[k]++
+	c.mu.Unlock()
+}
+
+func (c *counter) get(k string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[k]
+}
+
+func (c *counter) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}
+
+// eventually polls cond until it holds or 30 s pass.
+func eventually(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("after 30s: %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,102 @@
+package worker
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Option configures a [Conn], [RPC], [Queue] or [Client]. Each option says
+// which of them it applies to; the others ignore it.
+type Option func(*options)
+
+type options struct {
+	logger      *slog.Logger
+	name        string
+	prefetch    int
+	development bool
+	retry       Retry
+	drain       time.Duration
+	maxBody     int64
+	maxDepth    int
+}
+
+// Retry is the retry policy of a [Queue] worker: a failed handler runs again
+// after Backoff, the wait doubling each time up to MaxBackoff, for at most
+// Attempts runs in all; then the message is dead-lettered.
+type Retry struct {
+	Attempts   int           // runs in all, including the first; default 6
+	Backoff    time.Duration // wait before the second run; default 200ms
+	MaxBackoff time.Duration // longest wait; default 5s
+}
+
+// Defaults.
+const (
+	DefaultPrefetch     = 200              // deliveries in flight per route
+	DefaultMaxBodySize  = 16 << 20         // bytes, after gzip decompression
+	DefaultMaxDepth     = 128              // JSON nesting levels
+	DefaultDrainTimeout = 30 * time.Second // Shutdown wait when its ctx has no deadline
+)
+
+// DefaultRetry is the queue retry policy: 6 runs with waits of 0.2, 0.4, 0.8,
+// 1.6 and 3.2 s between them, about 6 s in all, so a database restart of a
+// few seconds is survived without dead-lettering.
+var DefaultRetry = Retry{Attempts: 6, Backoff: 200 * time.Millisecond, MaxBackoff: 5 * time.Second}
+
+func newOptions(opts []Option) options {
+	o := options{
+		prefetch: DefaultPrefetch,
+		retry:    DefaultRetry,
+		drain:    DefaultDrainTimeout,
+		maxBody:  DefaultMaxBodySize,
+		maxDepth: DefaultMaxDepth,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.Default()
+	}
+	return o
+}
+
+// WithLogger sets the logger (all). Default: slog.Default(). Nothing is logged
+// per message above debug level.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithName sets the connection_name client property shown by the broker's
+// management UI and `rabbitmqctl list_connections` ([Dial]).
+func WithName(name string) Option { return func(o *options) { o.name = name } }
+
+// WithPrefetch sets how many deliveries of one route are handled at once
+// (RPC, Queue). Default [DefaultPrefetch]; values below 1 mean 1.
+func WithPrefetch(n int) Option {
+	return func(o *options) { o.prefetch = max(n, 1) }
+}
+
+// WithDevelopment makes error replies carry the Go error type and a stack
+// trace (RPC). Off by default: production replies carry only type and message.
+func WithDevelopment(on bool) Option { return func(o *options) { o.development = on } }
+
+// WithRetry sets the retry policy of a queue worker (Queue). Zero fields keep
+// their defaults from [DefaultRetry].
+func WithRetry(r Retry) Option {
+	return func(o *options) {
+		if r.Attempts > 0 {
+			o.retry.Attempts = r.Attempts
+		}
+		if r.Backoff > 0 {
+			o.retry.Backoff = r.Backoff
+		}
+		if r.MaxBackoff > 0 {
+			o.retry.MaxBackoff = r.MaxBackoff
+		}
+	}
+}
+
+// WithDrainTimeout bounds how long Shutdown waits for running handlers when
+// its context has no deadline (RPC, Queue). Default [DefaultDrainTimeout].
+func WithDrainTimeout(d time.Duration) Option { return func(o *options) { o.drain = d } }
+
+// WithMaxBodySize caps the size of a request body after gzip decompression
+// (RPC, Queue, Client replies). Default [DefaultMaxBodySize].
+func WithMaxBodySize(n int64) Option { return func(o *options) { o.maxBody = n } }

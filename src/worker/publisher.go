@@ -1,0 +1,216 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// publisher publishes mandatory messages on a confirm-mode channel and
+// waits for each confirm; many goroutines publish at once, so confirms are
+// pipelined. When the channel dies before a confirm, the message is
+// published again on a new channel (at-least-once).
+type publisher struct {
+	conn   *Conn
+	logger *slog.Logger
+	prefix string
+
+	ids atomic.Uint64
+
+	mu     sync.Mutex
+	sess   *pubSession
+	closed bool
+}
+
+type pubSession struct {
+	ch    *amqp.Channel
+	dead  chan struct{} // closed when the channel is gone
+	pubMu sync.Mutex    // orders sequence numbers with publishes
+
+	pendMu  sync.Mutex // never held while calling the channel
+	pending map[uint64]*pendingPub
+	byID    map[string]uint64
+}
+
+type pendingPub struct {
+	id       string
+	done     chan error // buffered 1
+	returned *amqp.Return
+}
+
+func newPublisher(conn *Conn, logger *slog.Logger) *publisher {
+	return &publisher{conn: conn, logger: logger, prefix: randomHex(6)}
+}
+
+// session returns the live session, opening one when needed.
+func (p *publisher) session(ctx context.Context) (*pubSession, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	if s := p.sess; s != nil {
+		select {
+		case <-s.dead:
+		default:
+			return s, nil
+		}
+	}
+	ch, err := p.conn.channel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, fmt.Errorf("put channel in confirm mode: %w", err)
+	}
+	s := &pubSession{
+		ch:      ch,
+		dead:    make(chan struct{}),
+		pending: map[uint64]*pendingPub{},
+		byID:    map[string]uint64{},
+	}
+	// Unbuffered: the library hands over a return before the confirm of the
+	// same message, and one goroutine receives both, so a returned message
+	// is always known as returned when its confirm arrives.
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation))
+	returns := ch.NotifyReturn(make(chan amqp.Return))
+	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	go s.listen(confirms, returns, closes)
+	p.sess = s
+	return s, nil
+}
+
+func (s *pubSession) listen(confirms chan amqp.Confirmation, returns chan amqp.Return, closes chan *amqp.Error) {
+	defer close(s.dead)
+	for confirms != nil || returns != nil || closes != nil {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			s.pendMu.Lock()
+			if seq, found := s.byID[r.MessageId]; found {
+				s.pending[seq].returned = &r
+			}
+			s.pendMu.Unlock()
+		case c, ok := <-confirms:
+			if !ok {
+				confirms = nil
+				continue
+			}
+			s.pendMu.Lock()
+			pp := s.pending[c.DeliveryTag]
+			delete(s.pending, c.DeliveryTag)
+			if pp != nil {
+				delete(s.byID, pp.id)
+			}
+			s.pendMu.Unlock()
+			if pp == nil {
+				continue
+			}
+			switch {
+			case !c.Ack:
+				pp.done <- errNacked
+			case pp.returned != nil:
+				pp.done <- fmt.Errorf("%w (broker: %d %s)", ErrNoRoute, pp.returned.ReplyCode, pp.returned.ReplyText)
+			default:
+				pp.done <- nil
+			}
+		case _, ok := <-closes:
+			if !ok {
+				closes = nil
+			}
+		}
+	}
+}
+
+var errNacked = errors.New("the broker refused the message (nack)")
+
+// publish publishes msg to queue through the default exchange and returns
+// once the broker confirmed it. A msg without MessageId gets a unique one.
+func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishing) error {
+	if msg.MessageId == "" {
+		msg.MessageId = p.prefix + "." + itoa(p.ids.Add(1))
+	}
+	for {
+		s, err := p.session(ctx)
+		if err != nil {
+			return fmt.Errorf("publish to queue %q: %w", queue, err)
+		}
+		pp := &pendingPub{id: msg.MessageId, done: make(chan error, 1)}
+		s.pubMu.Lock()
+		seq := s.ch.GetNextPublishSeqNo()
+		s.pendMu.Lock()
+		s.pending[seq] = pp
+		s.byID[pp.id] = seq
+		s.pendMu.Unlock()
+		err = s.ch.PublishWithContext(ctx, "", queue, true, false, msg)
+		s.pubMu.Unlock()
+		if err != nil {
+			s.forget(seq)
+			if s.ch.IsClosed() && ctx.Err() == nil {
+				select {
+				case <-s.dead:
+					continue
+				case <-ctx.Done():
+				}
+			}
+			return fmt.Errorf("publish to queue %q: %w", queue, err)
+		}
+		select {
+		case err := <-pp.done:
+			return wrapPublish(queue, err)
+		case <-s.dead:
+			select {
+			case err := <-pp.done: // confirmed just before the channel died
+				return wrapPublish(queue, err)
+			default:
+			}
+			p.logger.Debug("channel lost before confirm; publishing again", "queue", queue)
+			continue
+		case <-ctx.Done():
+			s.forget(seq)
+			return fmt.Errorf("publish to queue %q: not confirmed in time: %w", queue, ctx.Err())
+		}
+	}
+}
+
+func wrapPublish(queue string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, ErrNoRoute) {
+		return fmt.Errorf("publish to queue %q: no such queue: %w", queue, err)
+	}
+	return fmt.Errorf("publish to queue %q: %w", queue, err)
+}
+
+func (s *pubSession) forget(seq uint64) {
+	s.pendMu.Lock()
+	if pp := s.pending[seq]; pp != nil {
+		delete(s.byID, pp.id)
+	}
+	delete(s.pending, seq)
+	s.pendMu.Unlock()
+}
+
+func (p *publisher) close() {
+	p.mu.Lock()
+	p.closed = true
+	s := p.sess
+	p.mu.Unlock()
+	if s != nil {
+		_ = s.ch.Close()
+	}
+}
+
+// itoa is strconv.FormatUint for correlation ids.
+func itoa(n uint64) string { return strconv.FormatUint(n, 36) }

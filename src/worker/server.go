@@ -1,0 +1,555 @@
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Header names.
+const (
+	// HeaderDeadline carries the caller's deadline in Unix milliseconds
+	// (int64). A worker does not run a request whose deadline has passed,
+	// and gives the handler a ctx with that deadline.
+	HeaderDeadline = "x-deadline"
+
+	// Headers a dead-lettered message carries besides its original ones.
+	HeaderError     = "x-error"      // last error message
+	HeaderErrorType = "x-error-type" // its reply type, e.g. "BadRequest"
+	HeaderAttempts  = "x-attempts"   // handler runs (int32); 0 when it did not decode
+	HeaderRoute     = "x-route"      // the queue it was consumed from
+)
+
+// DeadLetterSuffix is appended to a queue route's name to name its dead-letter queue.
+const DeadLetterSuffix = ".dlq"
+
+type kind int
+
+const (
+	kindRPC kind = iota
+	kindQueue
+)
+
+func (k kind) String() string {
+	if k == kindRPC {
+		return "RPC"
+	}
+	return "queue"
+}
+
+// server is what RPC and Queue share: routes, consumers, lifecycle.
+type server struct {
+	conn *Conn
+	kind kind
+	opts options
+	lim  limits
+
+	mu        sync.Mutex
+	routes    map[string]Handler
+	order     []string
+	started   bool
+	consumers []*consumer
+
+	stopping   atomic.Bool
+	stop       chan struct{} // closed when Shutdown starts
+	base       context.Context
+	cancelBase context.CancelFunc // called when Shutdown gives up waiting
+
+	loops    sync.WaitGroup
+	inflight sync.WaitGroup
+	running  atomic.Int64
+
+	dlq *publisher // queue workers only
+}
+
+func newServer(conn *Conn, k kind, opts []Option) *server {
+	o := newOptions(opts)
+	base, cancel := context.WithCancel(context.Background())
+	s := &server{
+		conn: conn, kind: k, opts: o,
+		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
+		routes: map[string]Handler{},
+		stop:   make(chan struct{}),
+		base:   base, cancelBase: cancel,
+	}
+	if k == kindQueue {
+		s.dlq = newPublisher(conn, o.logger)
+	}
+	return s
+}
+
+func (s *server) handle(route string, h Handler) {
+	if route == "" || h == nil {
+		panic(fmt.Sprintf("worker: Handle(%q, %v): empty route or nil handler", route, h))
+	}
+	if strings.HasPrefix(route, "amq.") {
+		panic(fmt.Sprintf("worker: Handle(%q): names starting with amq. are reserved by RabbitMQ", route))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		panic(fmt.Sprintf("worker: Handle(%q) after Start", route))
+	}
+	if _, dup := s.routes[route]; dup {
+		panic(fmt.Sprintf("worker: route %q registered twice", route))
+	}
+	s.routes[route] = h
+	s.order = append(s.order, route)
+}
+
+func (s *server) start(ctx context.Context) error {
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return fmt.Errorf("start %s worker: already started", s.kind)
+	}
+	s.started = true
+	s.mu.Unlock()
+	var consumers []*consumer
+	for _, route := range s.order {
+		c := &consumer{s: s, route: route, h: s.routes[route]}
+		deliveries, err := c.setup(ctx)
+		if err != nil {
+			for _, c := range consumers {
+				c.closeChannel()
+			}
+			return fmt.Errorf("start %s worker: %w", s.kind, err)
+		}
+		consumers = append(consumers, c)
+		s.loops.Add(1)
+		go c.loop(deliveries)
+	}
+	s.mu.Lock()
+	s.consumers = consumers
+	s.mu.Unlock()
+	s.opts.logger.Debug("worker started", "kind", s.kind.String(), "routes", s.order)
+	return nil
+}
+
+func (s *server) shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.started || s.stopping.Load() {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopping.Store(true)
+	close(s.stop)
+	consumers := s.consumers
+	s.mu.Unlock()
+
+	for _, c := range consumers {
+		c.cancel()
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opts.drain)
+		defer cancel()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.loops.Wait()
+		s.inflight.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		n := s.running.Load()
+		s.cancelBase()
+		err = fmt.Errorf("shutdown of %s worker: %d handlers still running when the wait ended; their messages go back to the queue: %w", s.kind, n, ctx.Err())
+		// Give handlers that honour ctx a moment to return and ack.
+		select {
+		case <-done:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	s.cancelBase()
+	for _, c := range consumers {
+		c.closeChannel()
+	}
+	if s.dlq != nil {
+		s.dlq.close()
+	}
+	return err
+}
+
+// consumer consumes one route.
+type consumer struct {
+	s     *server
+	route string
+	h     Handler
+
+	mu  sync.Mutex
+	ch  *amqp.Channel
+	tag string
+}
+
+// setup opens a channel, declares the route's queues and starts consuming.
+func (c *consumer) setup(ctx context.Context) (<-chan amqp.Delivery, error) {
+	s := c.s
+	ch, err := s.conn.channel(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("route %q: %w", c.route, err)
+	}
+	fail := func(what string, err error) (<-chan amqp.Delivery, error) {
+		_ = ch.Close()
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
+			return nil, fmt.Errorf("route %q: %s: %w (the queue exists with other settings; delete it or rename the route)", c.route, what, err)
+		}
+		return nil, fmt.Errorf("route %q: %s: %w", c.route, what, err)
+	}
+	if err := ch.Qos(s.opts.prefetch, 0, false); err != nil {
+		return fail("set prefetch", err)
+	}
+	durable := s.kind == kindQueue
+	if _, err := ch.QueueDeclare(c.route, durable, false, false, false, nil); err != nil {
+		return fail(fmt.Sprintf("declare queue %q", c.route), err)
+	}
+	if s.kind == kindQueue {
+		dlq := c.route + DeadLetterSuffix
+		if _, err := ch.QueueDeclare(dlq, true, false, false, false, nil); err != nil {
+			return fail(fmt.Sprintf("declare dead-letter queue %q", dlq), err)
+		}
+	}
+	tag := c.route + "." + randomHex(6)
+	deliveries, err := ch.Consume(c.route, tag, false, false, false, false, nil)
+	if err != nil {
+		return fail(fmt.Sprintf("consume queue %q", c.route), err)
+	}
+	c.mu.Lock()
+	c.ch, c.tag = ch, tag
+	c.mu.Unlock()
+	if s.stopping.Load() { // Shutdown ran while we set up
+		c.cancel()
+	}
+	return deliveries, nil
+}
+
+// loop hands deliveries to handlers; when the channel dies it sets up
+// again, until Shutdown.
+func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
+	s := c.s
+	defer s.loops.Done()
+	for {
+		c.mu.Lock()
+		ch := c.ch
+		c.mu.Unlock()
+		for d := range deliveries {
+			if s.stopping.Load() {
+				_ = d.Nack(false, true) // let another replica take it now
+				continue
+			}
+			s.inflight.Add(1)
+			s.running.Add(1)
+			go c.serve(ch, d)
+		}
+		if s.stopping.Load() {
+			return
+		}
+		s.opts.logger.Warn("consumer stopped, resubscribing", "route", c.route)
+		backoff := 100 * time.Millisecond
+		for {
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				select {
+				case <-s.stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			var err error
+			deliveries, err = c.setup(ctx)
+			cancel()
+			if err == nil {
+				s.opts.logger.Info("consumer resumed", "route", c.route)
+				break
+			}
+			if s.stopping.Load() || errors.Is(err, ErrClosed) {
+				return
+			}
+			s.opts.logger.Warn("cannot resubscribe, retrying", "route", c.route, "err", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.stop:
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
+
+// cancel stops the consumer; deliveries already sent still arrive.
+func (c *consumer) cancel() {
+	c.mu.Lock()
+	ch, tag := c.ch, c.tag
+	c.mu.Unlock()
+	if ch != nil {
+		_ = ch.Cancel(tag, false)
+	}
+}
+
+func (c *consumer) closeChannel() {
+	c.mu.Lock()
+	ch := c.ch
+	c.mu.Unlock()
+	if ch != nil {
+		_ = ch.Close()
+	}
+}
+
+func (c *consumer) serve(ch *amqp.Channel, d amqp.Delivery) {
+	defer c.s.inflight.Done()
+	defer c.s.running.Add(-1)
+	if c.s.kind == kindRPC {
+		c.serveRPC(ch, &d)
+	} else {
+		c.serveQueue(&d)
+	}
+}
+
+// deadline reads HeaderDeadline.
+func deadline(d *amqp.Delivery) time.Time {
+	switch v := d.Headers[HeaderDeadline].(type) {
+	case int64:
+		return time.UnixMilli(v)
+	case int32:
+		return time.UnixMilli(int64(v))
+	}
+	return time.Time{}
+}
+
+func (c *consumer) serveRPC(ch *amqp.Channel, d *amqp.Delivery) {
+	s := c.s
+	req := &Request{Route: c.route, Attempt: 1, Deadline: deadline(d), Delivery: d}
+	if !req.Deadline.IsZero() && !time.Now().Before(req.Deadline) {
+		s.opts.logger.Debug("request expired before it ran; dropped", "route", c.route, "deadline", req.Deadline)
+		_ = d.Ack(false)
+		return
+	}
+	var out []byte
+	data, gz, err := decodeBody(d.Body, d.ContentEncoding, s.lim)
+	if err == nil {
+		req.Data = data
+		ctx, cancel := s.base, context.CancelFunc(func() {})
+		if !req.Deadline.IsZero() {
+			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+		}
+		out, err = c.call(ctx, req)
+		cancel()
+	}
+	if d.ReplyTo != "" {
+		var body []byte
+		if err != nil {
+			s.opts.logger.Debug("handler failed", "route", c.route, "err", err)
+			body = encodeFailure(c.wireError(err))
+		} else {
+			body = encodeSuccess(out)
+		}
+		ct := ContentJSON
+		if gz {
+			body, ct = gzipBytes(body), ContentGzip
+		}
+		perr := ch.PublishWithContext(context.Background(), "", d.ReplyTo, false, false, amqp.Publishing{
+			ContentType:   ct,
+			CorrelationId: d.CorrelationId,
+			Body:          body,
+		})
+		if perr != nil {
+			// The channel is gone: the request is redelivered to a live consumer.
+			s.opts.logger.Warn("cannot send reply; the request will be redelivered", "route", c.route, "err", perr)
+			return
+		}
+	}
+	_ = d.Ack(false)
+}
+
+// call runs the handler, turning a panic into an error.
+func (c *consumer) call(ctx context.Context, req *Request) (out []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &panicError{route: c.route, value: r, stack: debug.Stack()}
+			c.s.opts.logger.Error("handler panicked", "route", c.route, "panic", r, "stack", string(err.(*panicError).stack))
+		}
+	}()
+	out, err = c.h.Serve(ctx, req)
+	if _, trusted := c.h.(encodedHandler); !trusted && err == nil && len(out) > 0 && c.s.kind == kindRPC && !json.Valid(out) {
+		err = fmt.Errorf("handler of route %q returned invalid JSON (%d bytes)", c.route, len(out))
+	}
+	return out, err
+}
+
+type panicError struct {
+	route string
+	value any
+	stack []byte
+}
+
+func (e *panicError) Error() string {
+	return fmt.Sprintf("handler of route %q panicked: %v", e.route, e.value)
+}
+
+func (c *consumer) wireError(err error) wireError {
+	we := wireError{Type: errorType(err), Message: err.Error()}
+	if c.s.opts.development {
+		if pe, ok := err.(*panicError); ok {
+			we.GoType = fmt.Sprintf("panic(%T)", pe.value)
+			we.Trace = string(pe.stack)
+		} else {
+			var chain []string
+			for e := err; e != nil; e = errors.Unwrap(e) {
+				chain = append(chain, reflect.TypeOf(e).String())
+			}
+			we.GoType = chain[len(chain)-1]
+			we.Trace = "error chain: " + strings.Join(chain, " -> ")
+		}
+	}
+	return we
+}
+
+func (c *consumer) serveQueue(d *amqp.Delivery) {
+	s := c.s
+	req := &Request{Route: c.route, Delivery: d}
+	data, _, err := decodeBody(d.Body, d.ContentEncoding, s.lim)
+	if err != nil {
+		c.deadLetter(d, err, 0)
+		return
+	}
+	req.Data = data
+	backoff := s.opts.retry.Backoff
+	for attempt := 1; ; attempt++ {
+		req.Attempt = attempt
+		_, err = c.call(s.base, req)
+		if err == nil {
+			_ = d.Ack(false)
+			return
+		}
+		if errors.Is(err, ErrBadRequest) || attempt >= s.opts.retry.Attempts {
+			c.deadLetter(d, err, attempt)
+			return
+		}
+		s.opts.logger.Debug("handler failed, retrying", "route", c.route, "attempt", attempt, "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-s.base.Done():
+			_ = d.Nack(false, true)
+			return
+		}
+		backoff = min(backoff*2, s.opts.retry.MaxBackoff)
+	}
+}
+
+// deadLetter publishes the message to the route's dead-letter queue with
+// the error in its headers and, once confirmed, acks it. When the dead
+// letter cannot be confirmed the message is requeued, never dropped.
+func (c *consumer) deadLetter(d *amqp.Delivery, cause error, attempts int) {
+	s := c.s
+	headers := amqp.Table{}
+	for k, v := range d.Headers {
+		headers[k] = v
+	}
+	headers[HeaderError] = cause.Error()
+	headers[HeaderErrorType] = errorType(cause)
+	headers[HeaderAttempts] = int32(attempts)
+	headers[HeaderRoute] = c.route
+	ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
+	defer cancel()
+	err := s.dlq.publish(ctx, c.route+DeadLetterSuffix, amqp.Publishing{
+		Headers:         headers,
+		ContentType:     d.ContentType,
+		ContentEncoding: d.ContentEncoding,
+		DeliveryMode:    amqp.Persistent,
+		CorrelationId:   d.CorrelationId,
+		MessageId:       d.MessageId,
+		Timestamp:       d.Timestamp,
+		Type:            d.Type,
+		AppId:           d.AppId,
+		Body:            d.Body,
+	})
+	if err != nil {
+		s.opts.logger.Error("cannot dead-letter message; requeued", "route", c.route, "err", err, "cause", cause)
+		_ = d.Nack(false, true)
+		return
+	}
+	s.opts.logger.Warn("message dead-lettered", "route", c.route, "queue", c.route+DeadLetterSuffix, "attempts", attempts, "err", cause)
+	_ = d.Ack(false)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// RPC is a request/reply worker: each route is a non-durable queue whose
+// requests are answered to their reply_to with their correlation_id. Several
+// processes running the same routes share the work (competing consumers).
+//
+// Register routes with Handle before Start. Up to the prefetch
+// ([WithPrefetch], default 200) requests per route run at once.
+type RPC struct{ s *server }
+
+// NewRPC returns an RPC worker on conn. Options: [WithPrefetch],
+// [WithLogger], [WithDevelopment], [WithDrainTimeout], [WithMaxBodySize].
+func NewRPC(conn *Conn, opts ...Option) *RPC { return &RPC{newServer(conn, kindRPC, opts)} }
+
+// Handle registers h for route. It panics when route is empty, registered
+// twice or the worker has started.
+func (r *RPC) Handle(route string, h Handler) { r.s.handle(route, h) }
+
+// HandleFunc registers f for route, like Handle(route, HandlerFunc(f)).
+func (r *RPC) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error)) {
+	r.s.handle(route, HandlerFunc(f))
+}
+
+// Start declares the routes' queues and starts consuming them. It returns
+// once every route is consuming, or an error naming the route that failed.
+// After Start, lost connections are recovered in the background.
+func (r *RPC) Start(ctx context.Context) error { return r.s.start(ctx) }
+
+// Shutdown stops taking requests, waits for running handlers and their
+// replies and acks until ctx ends (or the drain timeout when ctx has no
+// deadline), then closes the worker's channels. Unfinished requests return
+// to their queue. It does not close the Conn.
+func (r *RPC) Shutdown(ctx context.Context) error { return r.s.shutdown(ctx) }
+
+// Queue is a work-queue worker: each route is a durable queue of persistent
+// messages. A handler failure is retried ([WithRetry], default
+// [DefaultRetry]); after the last attempt, or at once for a message that
+// does not decode or fails with [ErrBadRequest], the message goes to the
+// durable queue "<route>.dlq" with the error in its headers ([HeaderError],
+// [HeaderErrorType], [HeaderAttempts], [HeaderRoute]), and only then is it
+// acked. A message that arrives with a reply_to gets no reply.
+type Queue struct{ s *server }
+
+// NewQueue returns a queue worker on conn. Options: [WithPrefetch],
+// [WithLogger], [WithRetry], [WithDrainTimeout], [WithMaxBodySize].
+func NewQueue(conn *Conn, opts ...Option) *Queue { return &Queue{newServer(conn, kindQueue, opts)} }
+
+// Handle registers h for route; see [RPC.Handle].
+func (q *Queue) Handle(route string, h Handler) { q.s.handle(route, h) }
+
+// HandleFunc registers f for route, like Handle(route, HandlerFunc(f)).
+func (q *Queue) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error)) {
+	q.s.handle(route, HandlerFunc(f))
+}
+
+// Start declares the routes' queues and dead-letter queues and starts
+// consuming; see [RPC.Start].
+func (q *Queue) Start(ctx context.Context) error { return q.s.start(ctx) }
+
+// Shutdown stops taking messages and waits for running handlers (retries
+// included) until ctx ends; see [RPC.Shutdown].
+func (q *Queue) Shutdown(ctx context.Context) error { return q.s.shutdown(ctx) }

@@ -1,0 +1,237 @@
+package worker
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"unicode/utf8"
+)
+
+// Content types on the wire.
+const (
+	ContentJSON = "application/json"         // plain JSON body
+	ContentGzip = "application/octet-stream" // gzip-compressed JSON body, as the seed's clients send
+)
+
+var gzipMagic = []byte{0x1f, 0x8b}
+
+// limits bound what a decoder accepts.
+type limits struct {
+	maxBody  int64
+	maxDepth int
+}
+
+var defaultLimits = limits{maxBody: DefaultMaxBodySize, maxDepth: DefaultMaxDepth}
+
+// decodeBody unwraps a request body into the raw JSON of its "data" member.
+// gz reports whether the body was gzip-compressed (the reply is then
+// compressed too). Every failure wraps ErrBadRequest and names what was
+// wrong.
+func decodeBody(body []byte, contentEncoding string, lim limits) (data json.RawMessage, gz bool, err error) {
+	switch contentEncoding {
+	case "", "identity", "gzip":
+	default:
+		return nil, false, badRequest("unknown content encoding %q: send plain or gzip-compressed JSON", contentEncoding)
+	}
+	if bytes.HasPrefix(body, gzipMagic) {
+		gz = true
+		body, err = gunzip(body, lim.maxBody)
+		if err != nil {
+			return nil, true, err
+		}
+	} else if contentEncoding == "gzip" {
+		return nil, false, badRequest("content encoding is gzip but the body is not gzip data")
+	}
+	if int64(len(body)) > lim.maxBody {
+		return nil, gz, badRequest("body of %d bytes is over the limit of %d bytes", len(body), lim.maxBody)
+	}
+	data, err = unwrapData(body, lim.maxDepth)
+	return data, gz, err
+}
+
+// unwrapData validates a JSON envelope {"data": ...} and returns its data.
+func unwrapData(body []byte, maxDepth int) (json.RawMessage, error) {
+	if !utf8.Valid(body) {
+		return nil, badRequest("body is not valid UTF-8 (first bad byte at offset %d)", firstInvalidUTF8(body))
+	}
+	if err := checkDepth(body, maxDepth); err != nil {
+		return nil, err
+	}
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 {
+		return nil, badRequest(`body is empty: send a JSON object {"data": ...}`)
+	}
+	if trimmed[0] != '{' {
+		if !json.Valid(body) {
+			return nil, badRequest(`body is not JSON: send a JSON object {"data": ...}`)
+		}
+		return nil, badRequest(`body is JSON but not an object: send {"data": ...}`)
+	}
+	var env struct {
+		Data json.RawMessage `json:"data"` // "null" for null, empty when missing
+	}
+	if err := json.Unmarshal(body, &env); err != nil {
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) {
+			return nil, badRequest("body is not JSON: %v at offset %d", syn, syn.Offset)
+		}
+		return nil, badRequest("body is not a valid envelope: %v", err)
+	}
+	if len(env.Data) == 0 {
+		return nil, badRequest(`body has no "data" member: send {"data": ...}`)
+	}
+	return env.Data, nil
+}
+
+func firstInvalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n == 1 {
+			return i
+		}
+		i += n
+	}
+	return -1
+}
+
+// checkDepth rejects JSON nested deeper than max levels. It does not
+// validate the JSON otherwise.
+func checkDepth(b []byte, max int) error {
+	depth, inString, escaped := 0, false, false
+	for i, c := range b {
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+			if depth > max {
+				return badRequest("JSON nested more than %d levels deep (at offset %d)", max, i)
+			}
+		case '}', ']':
+			depth--
+		}
+	}
+	return nil
+}
+
+var gzipReaders sync.Pool
+
+// gunzip decompresses b, failing when the result exceeds max bytes.
+func gunzip(b []byte, max int64) ([]byte, error) {
+	zr, _ := gzipReaders.Get().(*gzip.Reader)
+	var err error
+	if zr == nil {
+		zr, err = gzip.NewReader(bytes.NewReader(b))
+	} else {
+		err = zr.Reset(bytes.NewReader(b))
+	}
+	if err != nil {
+		return nil, badRequest("body starts like gzip but is not gzip data: %v", err)
+	}
+	defer gzipReaders.Put(zr)
+	var out bytes.Buffer
+	n, err := io.Copy(&out, io.LimitReader(zr, max+1))
+	if err != nil {
+		return nil, badRequest("gzip body is corrupt: %v", err)
+	}
+	if n > max {
+		return nil, badRequest("gzip body decompresses to more than the limit of %d bytes", max)
+	}
+	return out.Bytes(), nil
+}
+
+var gzipWriters = sync.Pool{New: func() any { return gzip.NewWriter(nil) }}
+
+func gzipBytes(b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzipWriters.Get().(*gzip.Writer)
+	zw.Reset(&buf)
+	_, _ = zw.Write(b)
+	_ = zw.Close()
+	gzipWriters.Put(zw)
+	return buf.Bytes()
+}
+
+// encodeRequest builds a request body {"data": v}; v may be json.RawMessage.
+func encodeRequest(v any) ([]byte, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode request data of type %T as JSON: %w", v, err)
+	}
+	out := make([]byte, 0, len(data)+10)
+	out = append(out, `{"data":`...)
+	out = append(out, data...)
+	return append(out, '}'), nil
+}
+
+// wireError is the error member of a failure reply.
+type wireError struct {
+	Type    string `json:"type"`
+	Message string `json:"message"`
+	GoType  string `json:"go_type,omitempty"`
+	Trace   string `json:"trace,omitempty"`
+}
+
+// reply is a reply body as it travels.
+type reply struct {
+	Success bool            `json:"success"`
+	Data    json.RawMessage `json:"data,omitempty"`
+	Error   *wireError      `json:"error,omitempty"`
+}
+
+// encodeSuccess builds {"success": true, "data": data}; data must be JSON.
+func encodeSuccess(data []byte) []byte {
+	if len(data) == 0 {
+		data = []byte("null")
+	}
+	out := make([]byte, 0, len(data)+27)
+	out = append(out, `{"success":true,"data":`...)
+	out = append(out, data...)
+	return append(out, '}')
+}
+
+// encodeFailure builds {"success": false, "error": {...}}.
+func encodeFailure(e wireError) []byte {
+	b, err := json.Marshal(reply{Error: &e})
+	if err != nil { // strings only: cannot happen, but never send nothing
+		return []byte(`{"success":false,"error":{"type":"Error","message":"unencodable error"}}`)
+	}
+	return b
+}
+
+// decodeReply parses a reply body (plain or gzip) for route. A failure
+// reply becomes a *RemoteError.
+func decodeReply(route string, body []byte, lim limits) (json.RawMessage, error) {
+	if bytes.HasPrefix(body, gzipMagic) {
+		var err error
+		if body, err = gunzip(body, lim.maxBody); err != nil {
+			return nil, fmt.Errorf("reply from route %q: %w", route, err)
+		}
+	}
+	var r reply
+	if err := json.Unmarshal(body, &r); err != nil {
+		return nil, fmt.Errorf("reply from route %q is not a JSON envelope: %w", route, err)
+	}
+	if !r.Success {
+		if r.Error == nil {
+			return nil, &RemoteError{Route: route, Type: TypeError, Message: "failure reply without an error member"}
+		}
+		return nil, &RemoteError{Route: route, Type: r.Error.Type, Message: r.Error.Message, GoType: r.Error.GoType, Trace: r.Error.Trace}
+	}
+	return r.Data, nil
+}
