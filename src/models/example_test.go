@@ -1,0 +1,60 @@
+package models_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"log"
+	"time"
+
+	"example.com/service/src/db"
+	"example.com/service/src/internal/testenv"
+	"example.com/service/src/models"
+)
+
+// exampleClient opens a fresh database holding the models' schema; the
+// returned function closes the client and drops the database.
+func exampleClient() (*db.Client, func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := sql.Open("pgx", testenv.PostgresURL("postgres"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	name := testenv.Name("modelsexample_")
+	if _, err := admin.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
+		log.Fatal(err)
+	}
+	c, err := db.Open(ctx, db.Config{URL: testenv.PostgresURL(name)})
+	if err == nil {
+		err = loadSchema(ctx, c)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	return c, func() {
+		_ = c.Close()
+		_, _ = admin.ExecContext(context.Background(), `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
+		_ = admin.Close()
+	}
+}
+
+func ExampleExampleItems_AllByString() {
+	client, done := exampleClient()
+	defer done()
+	ctx := context.Background()
+
+	items := models.NewExampleItems(client)
+	for _, s := range []string{"apple", "pear", "apple"} {
+		if _, err := items.Create(ctx, models.ExampleItem{String: s, JSON: json.RawMessage(`{"ripe": true}`)}); err != nil {
+			log.Fatal(err)
+		}
+	}
+	apples, err := items.AllByString(ctx, "apple")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(apples), apples[0].String, string(apples[0].JSON))
+	// Output: 2 apple {"ripe": true}
+}
