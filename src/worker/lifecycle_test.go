@@ -1,0 +1,268 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"example.com/service/src/worker"
+)
+
+// The caller's deadline travels with the request: the handler's ctx has it,
+// the caller times out instead of hanging, and a request whose caller gave
+// up is not run.
+func TestDeadline(t *testing.T) {
+	requireBroker(t)
+	conn := dial(t, "")
+	r := route(t, "deadline")
+	var runs atomic.Int32
+	rpc := worker.NewRPC(conn)
+	rpc.Handle(r, worker.Func(func(ctx context.Context, wait string) (string, error) {
+		runs.Add(1)
+		dl, ok := ctx.Deadline()
+		if wait == "sleep" {
+			select {
+			case <-time.After(5 * time.Second):
+			case <-ctx.Done():
+			}
+		}
+		if !ok {
+			return "none", nil
+		}
+		return fmt.Sprint(time.Until(dl) > 0), nil
+	}))
+	c := client(t, conn)
+
+	// Queue exists, no consumer yet: this request expires unseen.
+	ch := raw(t)
+	if _, err := ch.QueueDeclare(r, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	err := c.Call(ctx, r, "early", nil)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("call with no worker: %v, want DeadlineExceeded", err)
+	}
+	// A request with a past deadline and no expiration (as from a slow
+	// network) is also dropped by the worker itself.
+	err = ch.PublishWithContext(context.Background(), "", r, false, false, amqp.Publishing{
+		Headers: amqp.Table{worker.HeaderDeadline: time.Now().Add(-time.Second).UnixMilli()},
+		Body:    []byte(`{"data":"stale"}`),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, rpc)
+
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got string
+	if err := c.Call(ctx, r, "check", &got); err != nil || got != "true" {
+		t.Fatalf("handler ctx deadline: %q, %v", got, err)
+	}
+	if err := c.Call(context.Background(), r, "check", &got); err != nil || got != "none" {
+		t.Fatalf("no deadline: %q, %v", got, err)
+	}
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("handler ran %d times, want 2: an expired request ran", n)
+	}
+
+	short, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	began := time.Now()
+	err = c.Call(short, r, "sleep", nil)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(began) > 3*time.Second {
+		t.Fatalf("slow call: %v after %v, want DeadlineExceeded soon after 300ms", err, time.Since(began))
+	}
+}
+
+// Ack comes after the handler: a worker that dies mid-handler leaves the
+// request to another worker, and the caller gets that worker's reply.
+func TestAckAfterHandler(t *testing.T) {
+	requireBroker(t)
+	r := route(t, "ack")
+	connA := dial(t, "")
+	started, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	var once sync.Once
+	a := worker.NewRPC(connA)
+	a.Handle(r, worker.Func(func(ctx context.Context, s string) (string, error) {
+		once.Do(func() { close(started) })
+		<-release // hangs as a dying process would
+		return "a", nil
+	}))
+	start(t, a)
+
+	c := client(t, dial(t, ""))
+	res := make(chan string, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var who string
+		if err := c.Call(ctx, r, "job", &who); err != nil {
+			who = err.Error()
+		}
+		res <- who
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker a never got the request")
+	}
+	// Worker a dies: its connection goes, and its unacked request returns
+	// to the queue.
+	_ = connA.Close()
+
+	b := worker.NewRPC(dial(t, ""))
+	b.Handle(r, worker.Func(func(ctx context.Context, s string) (string, error) { return "b", nil }))
+	start(t, b)
+	select {
+	case who := <-res:
+		if who != "b" {
+			t.Fatalf("reply from %q, want b", who)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("request lost: no reply after worker a died")
+	}
+}
+
+// Shutdown stops taking requests, lets running handlers finish and sends
+// their replies before it returns.
+func TestShutdownDrains(t *testing.T) {
+	requireBroker(t)
+	conn := dial(t, "")
+	r := route(t, "drain")
+	var running sync.WaitGroup
+	running.Add(5)
+	rpc := worker.NewRPC(conn)
+	rpc.Handle(r, worker.Func(func(ctx context.Context, i int) (int, error) {
+		running.Done()
+		time.Sleep(time.Second)
+		return i * 10, nil
+	}))
+	start(t, rpc)
+	c := client(t, dial(t, ""))
+	var wg sync.WaitGroup
+	results := make([]int, 5)
+	errs := make([]error, 5)
+	for i := range 5 {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			errs[i] = c.Call(ctx, r, i+1, &results[i])
+		})
+	}
+	running.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := rpc.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	wg.Wait()
+	for i := range 5 {
+		if errs[i] != nil || results[i] != (i+1)*10 {
+			t.Errorf("call %d: %d, %v; want its reply despite shutdown", i, results[i], errs[i])
+		}
+	}
+	// After Shutdown nothing consumes: a new call times out.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	if err := c.Call(ctx2, r, 1, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("call after Shutdown: %v, want DeadlineExceeded", err)
+	}
+}
+
+// Shutdown gives up when its ctx ends, cancels handler contexts and reports
+// how many handlers were still running; their messages go back to the queue.
+func TestShutdownTimeout(t *testing.T) {
+	requireBroker(t)
+	conn := dial(t, "")
+	r := route(t, "stuck")
+	started := make(chan struct{})
+	q := worker.NewQueue(conn)
+	q.Handle(r, worker.Job(func(ctx context.Context, s string) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	}))
+	start(t, q)
+	if err := client(t, conn).Publish(context.Background(), r, "x"); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := q.Shutdown(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "1 handlers still running") {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	ch := raw(t)
+	eventually(t, "message back in its queue, not dead-lettered", func() bool { return queueLen(t, ch, r) == 1 })
+	if n := queueLen(t, ch, r+worker.DeadLetterSuffix); n != 0 {
+		t.Fatalf("%d messages dead-lettered by shutdown", n)
+	}
+}
+
+// Start fails with an error naming the route when its queue cannot be
+// declared (here: it exists as durable, RPC queues are not).
+func TestStartErrorNamesRoute(t *testing.T) {
+	requireBroker(t)
+	r := route(t, "clash")
+	if _, err := raw(t).QueueDeclare(r, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	rpc := worker.NewRPC(dial(t, ""))
+	rpc.Handle(r, worker.Func(hello))
+	err := rpc.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), r) || !strings.Contains(err.Error(), "other settings") {
+		t.Fatalf("Start = %v, want an error naming %s", err, r)
+	}
+}
+
+// Dial fails with one line naming address and user, never the password.
+func TestDialErrors(t *testing.T) {
+	requireBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err := worker.Dial(ctx, worker.Config{Host: "127.0.0.1", Port: 1, User: "guest", Password: "sekrit"})
+	if err == nil || err.Error() != "cannot reach RabbitMQ at 127.0.0.1:1 as guest: connection refused" {
+		t.Fatalf("Dial to closed port = %v", err)
+	}
+
+	cfg := brokerConfig()
+	cfg.Password = "wrong-sekrit"
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	began := time.Now()
+	_, err = worker.Dial(ctx, cfg)
+	if !errors.Is(err, amqp.ErrCredentials) || strings.Contains(err.Error(), "sekrit") || time.Since(began) > 10*time.Second {
+		t.Fatalf("Dial with wrong password = %v after %v, want ErrCredentials at once, no password", err, time.Since(began))
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	for _, k := range []string{"BROKER_HOST", "BROKER_PORT", "BROKER_USER", "BROKER_PASS", "BROKER_VHOST", "BROKER_URL"} {
+		t.Setenv(k, "")
+	}
+	cfg, err := worker.ConfigFromEnv()
+	if err != nil || cfg != (worker.Config{Host: "localhost", Port: 5672, User: "guest", Password: "guest", VHost: "/"}) {
+		t.Fatalf("defaults: %+v, %v", cfg, err)
+	}
+	t.Setenv("BROKER_PORT", "abc")
+	if _, err := worker.ConfigFromEnv(); err == nil || err.Error() != `BROKER_PORT="abc": not a port number (1-65535)` {
+		t.Fatalf("bad port: %v", err)
+	}
+	t.Setenv("BROKER_PORT", "")
+	t.Setenv("BROKER_URL", "http://u:topsecret@h/")
+	if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "BROKER_URL") || strings.Contains(err.Error(), "topsecret") {
+		t.Fatalf("bad URL: %v", err)
+	}
+}

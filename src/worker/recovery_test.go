@@ -1,0 +1,133 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"example.com/service/src/internal/testenv"
+	"example.com/service/src/worker"
+)
+
+// callEventually retries a short call until it succeeds (30 s at most).
+func callEventually(t *testing.T, c *worker.Client, route string) {
+	t.Helper()
+	eventually(t, "call "+route+" succeeds", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var got answer
+		return c.Call(ctx, route, greeting{Name: "r"}, &got) == nil && got.Text == "hello r"
+	})
+}
+
+// When the broker drops the workers' or the client's connection, they
+// reconnect, redeclare and resume on their own.
+func TestRecoveryAfterConnectionLoss(t *testing.T) {
+	requireBroker(t)
+	wName, cName := testenv.Name("worker-test-w-"), testenv.Name("worker-test-c-")
+	wConn, cConn := dial(t, wName), dial(t, cName)
+	rr, qr := route(t, "rec-rpc"), route(t, "rec-queue")
+	rpc := worker.NewRPC(wConn)
+	rpc.Handle(rr, worker.Func(hello))
+	start(t, rpc)
+	var seen counter
+	q := worker.NewQueue(wConn)
+	q.Handle(qr, worker.Job(func(_ context.Context, s string) error { seen.add(s); return nil }))
+	start(t, q)
+	c := client(t, cConn)
+	callEventually(t, c, rr)
+
+	for round, victims := range [][]string{{wName}, {cName}, {wName, cName}} {
+		for _, v := range victims {
+			closeConnection(t, v)
+		}
+		callEventually(t, c, rr)
+		msg := fmt.Sprint("round-", round)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := c.Publish(ctx, qr, msg); err != nil {
+			t.Fatalf("round %d: publish after reconnect: %v", round, err)
+		}
+		cancel()
+		eventually(t, msg+" consumed after reconnect", func() bool { return seen.get(msg) >= 1 })
+	}
+}
+
+// A full broker restart while publishing and consuming loses no confirmed
+// message. It stops and starts the shared broker, so it runs only with
+// WORKER_RESTART_BROKER=1.
+func TestBrokerRestartLosesNothing(t *testing.T) {
+	requireBroker(t)
+	if os.Getenv("WORKER_RESTART_BROKER") != "1" {
+		t.Skip("restarts RabbitMQ; set WORKER_RESTART_BROKER=1 to run")
+	}
+	wConn, cConn := dial(t, ""), dial(t, "")
+	qr, rr := route(t, "restart-q"), route(t, "restart-rpc")
+	var seen counter
+	q := worker.NewQueue(wConn)
+	q.Handle(qr, worker.Job(func(_ context.Context, n int) error { seen.add(fmt.Sprint(n)); return nil }))
+	start(t, q)
+	rpc := worker.NewRPC(wConn)
+	rpc.Handle(rr, worker.Func(hello))
+	start(t, rpc)
+	c := client(t, cConn)
+
+	var confirmed sync.Map
+	var nConfirmed, nFailed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := g*1_000_000 + i
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				err := c.Publish(ctx, qr, n)
+				cancel()
+				if err != nil {
+					nFailed.Add(1)
+					continue
+				}
+				confirmed.Store(fmt.Sprint(n), true)
+				nConfirmed.Add(1)
+				time.Sleep(2 * time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(time.Second)
+	ctl := func(args ...string) {
+		if out, err := exec.Command("rabbitmqctl", args...).CombinedOutput(); err != nil {
+			t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+		}
+	}
+	ctl("stop_app")
+	t.Cleanup(func() { _ = exec.Command("rabbitmqctl", "start_app").Run() })
+	time.Sleep(2 * time.Second)
+	ctl("start_app")
+	before := nConfirmed.Load()
+	eventually(t, "publishing resumes after restart", func() bool { return nConfirmed.Load() > before+50 })
+	close(stop)
+	wg.Wait()
+	callEventually(t, c, rr)
+
+	var missing []string
+	eventually(t, "every confirmed message consumed", func() bool {
+		missing = missing[:0]
+		confirmed.Range(func(k, _ any) bool {
+			if seen.get(k.(string)) == 0 {
+				missing = append(missing, k.(string))
+			}
+			return true
+		})
+		return len(missing) == 0
+	})
+	t.Logf("confirmed %d, failed %d, consumed %d distinct", nConfirmed.Load(), nFailed.Load(), seen.len())
+}
