@@ -54,6 +54,7 @@ func makePlan(ctx context.Context, planner migrate.PlanApplier, differ schema.Di
 	if len(changes) == 0 {
 		return &plan{}, nil
 	}
+	resetDefaults(changes)
 	mp, err := planner.PlanChanges(ctx, "manage", changes)
 	if err != nil {
 		return nil, fmt.Errorf("plan the changes: %w; the models ask for a change the Atlas library cannot express (reordering enum values, for one): write that step by hand", err)
@@ -87,6 +88,24 @@ func checkEnums(changes []schema.Change) error {
 		}
 	}
 	return nil
+}
+
+// resetDefaults makes every column whose type changes set its default again.
+// PostgreSQL keeps a default's old cast ('x'::text on a column changed to
+// varchar): the Atlas library counts that as equal, but the catalog would
+// then differ from a database created from the models.
+func resetDefaults(changes []schema.Change) {
+	for _, c := range changes {
+		m, ok := c.(*schema.ModifyTable)
+		if !ok {
+			continue
+		}
+		for _, tc := range m.Changes {
+			if mc, ok := tc.(*schema.ModifyColumn); ok && mc.Change.Is(schema.ChangeType) && mc.To.Default != nil {
+				mc.Change |= schema.ChangeDefault
+			}
+		}
+	}
 }
 
 // risks says why a planned statement may lose data: dropped tables, columns,
