@@ -8,6 +8,7 @@
 package workspace_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -132,4 +134,23 @@ func passwordMatches(hash, password string) bool {
 	}
 	sum := sha256.Sum256(append(slices.Clone(b[:4]), password...))
 	return string(b[4:]) == string(sum[:])
+}
+
+// lockedWriter is an io.Writer safe for the concurrent writes of a child
+// process's stdout and stderr copiers and for reading while they run.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
 }
