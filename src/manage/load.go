@@ -165,7 +165,7 @@ var ignoredKinds = []struct {
 
 var (
 	enumType     = regexp.MustCompile(`^CREATE TYPE \S+ AS ENUM\b`)
-	publicSchema = regexp.MustCompile(`^(CREATE SCHEMA (IF NOT EXISTS )?|COMMENT ON SCHEMA )"?PUBLIC"?( |$)`)
+	publicSchema = regexp.MustCompile(`^(CREATE SCHEMA (IF NOT EXISTS )?|COMMENT ON SCHEMA )"?PUBLIC"?( |;|$)`)
 	seqOwnedBy   = regexp.MustCompile(`^ALTER SEQUENCE (IF EXISTS )?(\S+) OWNED BY (\S+)`)
 	seqName      = regexp.MustCompile(`^(CREATE|ALTER) (TEMP |TEMPORARY |UNLOGGED )?SEQUENCE (IF (NOT )?EXISTS )?(\S+)`)
 	spaces       = regexp.MustCompile(`\s+`)

@@ -136,7 +136,7 @@ func TestSyncFailingFile(t *testing.T) {
 	target := testenv.CreateDatabase(t, "manage_target_")
 	dir := t.TempDir()
 	writeModels(t, dir, map[string]string{
-		"a.sql": enumSQL + simpleSQL,
+		"a.sql":        enumSQL + simpleSQL,
 		"b/broken.sql": "-- refers to a table that does not exist\n\nCREATE INDEX broken_idx\n    ON nowhere (x);\n",
 	})
 	r := syncTo(t, target, dir, "", true)
