@@ -1,0 +1,204 @@
+// Package testenv gives tests the RabbitMQ broker and PostgreSQL server they
+// run against, read from the same environment variables the service reads
+// (BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASS, BROKER_VHOST, DB_HOST,
+// DB_PORT, DB_USER, DB_PASS, DB_NAME) with the same local defaults.
+//
+// Tests that need a service call [RequireBroker] or [RequirePostgres] first:
+// when the service is unreachable the test fails at once with one line naming
+// the address and what to do, instead of hanging or skipping silently.
+// [CreateDatabase] gives a test its own database and drops it afterwards.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+)
+
+// Env returns the value of the environment variable key, or def when it is
+// unset or empty.
+func Env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// BrokerAddr is host:port of the RabbitMQ broker.
+func BrokerAddr() string {
+	return net.JoinHostPort(Env("BROKER_HOST", "127.0.0.1"), Env("BROKER_PORT", "5672"))
+}
+
+// BrokerURL is the amqp:// URL of the broker, with credentials and vhost.
+func BrokerURL() string {
+	u := url.URL{
+		Scheme: "amqp",
+		User:   url.UserPassword(Env("BROKER_USER", "guest"), Env("BROKER_PASS", "guest")),
+		Host:   BrokerAddr(),
+		Path:   "/" + url.PathEscape(Env("BROKER_VHOST", "/")),
+	}
+	return u.String()
+}
+
+// PostgresAddr is host:port of the PostgreSQL server.
+func PostgresAddr() string {
+	return net.JoinHostPort(Env("DB_HOST", "127.0.0.1"), Env("DB_PORT", "5432"))
+}
+
+// PostgresURL is the postgres:// URL of database on the configured server.
+func PostgresURL(database string) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword(Env("DB_USER", "postgres"), Env("DB_PASS", "postgres")),
+		Host:     PostgresAddr(),
+		Path:     "/" + database,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// RequireBroker fails the test at once when nothing listens at BrokerAddr.
+func RequireBroker(tb testing.TB) {
+	tb.Helper()
+	requireTCP(tb, "RabbitMQ", BrokerAddr(), brokerHint)
+}
+
+// RequirePostgres fails the test at once when nothing listens at PostgresAddr.
+func RequirePostgres(tb testing.TB) {
+	tb.Helper()
+	requireTCP(tb, "PostgreSQL", PostgresAddr(), postgresHint)
+}
+
+const (
+	brokerHint   = "start it with `rabbitmq-server -detached` or set BROKER_HOST/BROKER_PORT"
+	postgresHint = "start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or set DB_HOST/DB_PORT"
+)
+
+// CheckServices returns nil when both RabbitMQ and PostgreSQL accept
+// connections, or an error with one line for each that does not, naming its
+// address and how to start it. It is for TestMain, where no testing.TB exists.
+func CheckServices() error {
+	return errors.Join(
+		dialTCP("RabbitMQ", BrokerAddr(), brokerHint),
+		dialTCP("PostgreSQL", PostgresAddr(), postgresHint))
+}
+
+func requireTCP(tb testing.TB, what, addr, hint string) {
+	tb.Helper()
+	if err := dialTCP(what, addr, hint); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func dialTCP(what, addr, hint string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s is unreachable at %s: %w; %s", what, addr, err, hint)
+	}
+	return conn.Close()
+}
+
+// Name returns prefix followed by a random hex suffix: a name for queues and
+// databases that no other test run uses.
+func Name(prefix string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// CreateDatabase creates an empty database named prefix<pid>_<random>
+// (prefix: lowercase letters, digits and underscores) and returns its name.
+// The database is dropped when the test ends. Databases with the same prefix
+// that a killed run left behind (their process is gone and nobody is connected
+// to them) are dropped first, so leftovers do not pile up.
+func CreateDatabase(tb testing.TB, prefix string) string {
+	tb.Helper()
+	RequirePostgres(tb)
+	admin := Admin(tb)
+	ctx := context.Background()
+
+	for _, name := range staleDatabases(tb, admin, prefix) {
+		_, _ = admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(name))
+	}
+
+	name := Name(fmt.Sprintf("%s%d_", prefix, os.Getpid()))
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name)); err != nil {
+		tb.Fatalf("create database %s: %v", name, err)
+	}
+	tb.Cleanup(func() {
+		if _, err := admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+quoteIdent(name)+" WITH (FORCE)"); err != nil {
+			tb.Errorf("drop database %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+// staleDatabases lists the databases named prefix<pid>_* whose process has
+// exited and that nobody is connected to.
+func staleDatabases(tb testing.TB, admin *sql.DB, prefix string) []string {
+	tb.Helper()
+	rows, err := admin.QueryContext(context.Background(),
+		`SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
+		 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)`, prefix)
+	if err != nil {
+		tb.Fatalf("list leftover databases with prefix %q: %v", prefix, err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			tb.Fatalf("list leftover databases with prefix %q: %v", prefix, err)
+		}
+		if pid, ok := creatorPID(name, prefix); ok && !processAlive(pid) {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// creatorPID reads the process id that CreateDatabase put into name.
+func creatorPID(name, prefix string) (int, bool) {
+	digits, _, ok := strings.Cut(strings.TrimPrefix(name, prefix), "_")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(digits)
+	return pid, err == nil
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Admin opens the server's maintenance database ("postgres") with the pgx
+// driver; it is closed when the test ends.
+func Admin(tb testing.TB) *sql.DB {
+	tb.Helper()
+	db, err := sql.Open("pgx", PostgresURL("postgres"))
+	if err != nil {
+		tb.Fatalf("open PostgreSQL at %s: %v", PostgresAddr(), err)
+	}
+	tb.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}

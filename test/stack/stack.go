@@ -1,0 +1,235 @@
+// Package stack runs the service as a separate process for black-box tests:
+// it builds the binary, gives each run its own RabbitMQ vhost and its own
+// PostgreSQL database (schema from src/models through `manage sync`), starts
+// the process and stops it with a signal. The e2e tests in test/ and the
+// fault tests in test/faults share it.
+package stack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"example.com/service/src/testenv"
+	"example.com/service/src/worker"
+)
+
+// Binaries are the service and manage executables a test binary built once.
+type Binaries struct {
+	Root    string // the module root
+	Service string // go build -race ./src
+	Manage  string // go build ./src/manage
+	dir     string
+}
+
+// Build compiles the service (with the race detector, so e2e traffic also
+// hunts data races) and the manage tool into a temporary directory. Call it
+// once from TestMain and Clean up at the end.
+func Build() (*Binaries, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "service-e2e-")
+	if err != nil {
+		return nil, err
+	}
+	b := &Binaries{Root: root, Service: filepath.Join(dir, "service"), Manage: filepath.Join(dir, "manage"), dir: dir}
+	for _, args := range [][]string{
+		{"build", "-race", "-o", b.Service, "./src"},
+		{"build", "-o", b.Manage, "./src/manage"},
+	} {
+		cmd := exec.Command("go", args...)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	return b, nil
+}
+
+// Clean removes the built binaries.
+func (b *Binaries) Clean() { _ = os.RemoveAll(b.dir) }
+
+// ModuleRoot is the directory holding go.mod.
+func ModuleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside the module: run the tests from the repository")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// Env is a private place for one or more service processes: a vhost and a
+// database of their own, so tests never compete with a dev service or with
+// each other for the fixed route queues.
+type Env struct {
+	VHost    string
+	Database string
+}
+
+// NewEnv creates a vhost and a database with the models' schema (applied with
+// `manage sync --noprompt`, as a developer would). Both are removed when the
+// test ends.
+func NewEnv(t testing.TB, b *Binaries) Env {
+	t.Helper()
+	testenv.RequireBroker(t)
+	e := Env{VHost: NewVHost(t), Database: testenv.CreateDatabase(t, "e2e_")}
+	cmd := exec.Command(b.Manage, "sync", "--noprompt")
+	cmd.Dir = b.Root
+	cmd.Env = append(os.Environ(), "DB_NAME="+e.Database)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("manage sync --noprompt into %s: %v\n%s", e.Database, err, out)
+	}
+	return e
+}
+
+// Broker returns the worker configuration for this env's vhost.
+func (e Env) Broker() worker.Config {
+	cfg, err := worker.ConfigFromEnv()
+	if err != nil {
+		panic(err) // the tests' own environment is invalid: nothing else can run
+	}
+	cfg.VHost = e.VHost
+	return cfg
+}
+
+// Client connects a project client to this env's vhost; it is closed when
+// the test ends.
+func (e Env) Client(t testing.TB) *worker.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := worker.Dial(ctx, e.Broker(), worker.WithName("e2e client "+t.Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := worker.NewClient(conn)
+	t.Cleanup(func() { _ = c.Close(); _ = conn.Close() })
+	return c
+}
+
+// Process is a running service.
+type Process struct {
+	cmd  *exec.Cmd
+	logs *logBuffer
+	done chan struct{}
+	err  error // the result of Wait, set before done closes
+}
+
+// Start runs the service in env with extra environment variables (KEY=value)
+// and waits until it answers hello_world. The process is killed when the test
+// ends if it is still running; its log is printed if the test failed.
+func Start(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
+	t.Helper()
+	p := Launch(t, b, env, extra...)
+	client := env.Client(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		var reply string
+		err := client.Call(ctx, "hello_world", nil, &reply)
+		cancel()
+		if err == nil && reply == "Hello world!" {
+			return p
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			t.Fatalf("service did not answer hello_world (last error: %v); its log:\n%s", err, p.Logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Launch starts the service process without waiting for it to be ready.
+func Launch(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
+	t.Helper()
+	cmd := exec.Command(b.Service)
+	cmd.Dir = b.Root
+	cmd.Env = append(os.Environ(), "BROKER_VHOST="+env.VHost, "DB_NAME="+env.Database, "MODE=development")
+	cmd.Env = append(cmd.Env, extra...)
+	p := &Process{cmd: cmd, logs: &logBuffer{}, done: make(chan struct{})}
+	cmd.Stdout = p.logs
+	cmd.Stderr = p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", b.Service, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if !p.Exited() {
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("service log:\n%s", p.Logs())
+		}
+	})
+	return p
+}
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Wait waits up to timeout for the process to exit and returns its exit code.
+func (p *Process) Wait(timeout time.Duration) (int, error) {
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		return -1, fmt.Errorf("service still running after %s", timeout)
+	}
+	var exit *exec.ExitError
+	if errors.As(p.err, &exit) {
+		return exit.ExitCode(), nil
+	}
+	return 0, p.err
+}
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Logs returns what the process wrote so far.
+func (p *Process) Logs() string { return p.logs.String() }
+
+// logBuffer is a bytes.Buffer safe for the process's writes and the test's reads.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(b)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+var _ io.Writer = (*logBuffer)(nil)
