@@ -175,13 +175,13 @@ type Tx struct {
 // returns nil and rolled back when fn returns an error (which InTx returns,
 // joined with any rollback failure) or panics (the panic continues after the
 // rollback). A failed commit is returned as an error.
-func (c *Client) InTx(ctx context.Context, fn func(tx *Tx) error) (err error) {
+func (c *Client) InTx(ctx context.Context, fn func(tx *Tx) error) error {
 	return c.InTxOptions(ctx, nil, fn)
 }
 
 // InTxOptions is InTx with the isolation level and read-only flag of opts
 // (nil: the server's defaults).
-func (c *Client) InTxOptions(ctx context.Context, opts *sql.TxOptions, fn func(tx *Tx) error) (err error) {
+func (c *Client) InTxOptions(ctx context.Context, opts *sql.TxOptions, fn func(tx *Tx) error) error {
 	stx, err := c.db.BeginTxx(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("begin transaction on %s: %w", c.cfg, err)

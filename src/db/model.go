@@ -4,11 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Model reads and writes rows of one table as values of T, a struct whose
@@ -50,7 +52,9 @@ type table struct {
 	list       string
 	optional   []int    // cols left out of INSERT when zero
 	inserts    sync.Map // uint64 mask of omitted optional cols -> insert SQL
-	names      string   // valid column names, for error messages
+	updates    sync.Map // sorted column names joined by NUL -> update SQL
+	nUpdates   atomic.Int64
+	names      string // valid column names, for error messages
 }
 
 type column struct {
@@ -297,8 +301,8 @@ func (m *Model[T]) Update(ctx context.Context, id any, changes map[string]any) (
 		return zero, fmt.Errorf("update %s id %v: %w", t.name, id,
 			&InvalidError{Table: t.name, Reason: "no changes given; name at least one of the columns " + t.names})
 	}
-	names := make([]string, 0, len(changes))
-	for name := range changes {
+	names := slices.Sorted(maps.Keys(changes)) // one statement text per set of columns
+	for _, name := range names {
 		ci, ok := t.byName[name]
 		if !ok {
 			return zero, fmt.Errorf("update %s id %v: %w", t.name, id, &InvalidError{Table: t.name,
@@ -308,35 +312,45 @@ func (m *Model[T]) Update(ctx context.Context, id any, changes map[string]any) (
 			return zero, fmt.Errorf("update %s id %v: %w", t.name, id, &InvalidError{Table: t.name,
 				Column: name, Reason: "the key cannot be changed"})
 		}
-		names = append(names, name)
 	}
-	slices.Sort(names) // stable SQL text, so the driver's statement cache is reused
-	var b strings.Builder
-	b.WriteString("UPDATE ")
-	b.WriteString(t.quoted)
-	b.WriteString(" SET ")
+	query := t.updateSQL(names)
 	args := make([]any, 0, len(names)+1)
-	for i, name := range names {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(t.cols[t.byName[name]].quoted)
-		b.WriteString(" = $")
-		b.WriteString(strconv.Itoa(i + 1))
+	for _, name := range names {
 		args = append(args, changes[name])
 	}
-	b.WriteString(" WHERE ")
-	b.WriteString(t.cols[t.key].quoted)
-	b.WriteString(" = $")
-	b.WriteString(strconv.Itoa(len(names) + 1))
-	b.WriteString(" RETURNING ")
-	b.WriteString(t.colList)
 	args = append(args, id)
-	out, err := m.one(ctx, b.String(), args...)
+	out, err := m.one(ctx, query, args...)
 	if err != nil {
 		return out, fmt.Errorf("update %s: %w", t.name, classify(err, t.name, id))
 	}
 	return out, nil
+}
+
+// maxCachedUpdates bounds the cache of UPDATE statements per model; past it
+// statements for new column sets are built per call.
+const maxCachedUpdates = 256
+
+// updateSQL returns the UPDATE of the (sorted, validated) columns names,
+// building it the first time that set of columns is seen.
+func (t *table) updateSQL(names []string) string {
+	key := strings.Join(names, "\x00")
+	if q, ok := t.updates.Load(key); ok {
+		return q.(string)
+	}
+	var b strings.Builder
+	b.WriteString("UPDATE " + t.quoted + " SET ")
+	for i, name := range names {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(t.cols[t.byName[name]].quoted + " = $" + strconv.Itoa(i+1))
+	}
+	b.WriteString(" WHERE " + t.cols[t.key].quoted + " = $" + strconv.Itoa(len(names)+1) + " RETURNING " + t.colList)
+	q := b.String()
+	if t.nUpdates.Add(1) <= maxCachedUpdates {
+		t.updates.Store(key, q)
+	}
+	return q
 }
 
 // Delete deletes the row whose key is id and returns it, or a
