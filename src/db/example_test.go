@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"log"
 	"time"
 
 	"github.com/google/uuid"
@@ -20,11 +19,11 @@ func exampleDB() (db.Config, func()) {
 	ctx := context.Background()
 	admin, err := sql.Open("pgx", testenv.PostgresURL("postgres"))
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	name := testenv.Name("dbexample_")
 	if _, err := admin.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	dropDB := func() {
 		_, _ = admin.ExecContext(ctx, `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
@@ -43,7 +42,7 @@ func exampleDB() (db.Config, func()) {
 	}
 	if err != nil {
 		dropDB()
-		log.Fatal(err)
+		panic(err)
 	}
 	return cfg, dropDB
 }
@@ -63,18 +62,18 @@ func Example() {
 
 	client, err := db.Open(ctx, cfg)
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer client.Close()
 
 	notes := db.MustModel[Note](client, "note")
 	n, err := notes.Create(ctx, Note{Title: "groceries", Tags: db.Array[string]{"home"}})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	n, err = notes.Update(ctx, n.ID, map[string]any{"tags": []string{"home", "today"}})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println(n.Title, n.Tags, !n.CreatedAt.IsZero())
 
@@ -105,7 +104,7 @@ func ExampleClient_InTx() {
 	ctx := context.Background()
 	client, err := db.Open(ctx, cfg)
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer client.Close()
 	notes := db.MustModel[Note](client, "note")
@@ -123,7 +122,7 @@ func ExampleClient_InTx() {
 
 	var count int
 	if err := client.Get(ctx, &count, `SELECT count(*) FROM note`); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println(count)
 	// Output:

@@ -305,12 +305,16 @@ func (m *Model[T]) Update(ctx context.Context, id any, changes map[string]any) (
 	for _, name := range names {
 		ci, ok := t.byName[name]
 		if !ok {
-			return zero, fmt.Errorf("update %s id %v: %w", t.name, id, &InvalidError{Table: t.name,
-				Column: name, Reason: "no such column; the columns are " + t.names})
+			return zero, fmt.Errorf("update %s id %v: %w", t.name, id, &InvalidError{
+				Table:  t.name,
+				Column: name, Reason: "no such column; the columns are " + t.names,
+			})
 		}
 		if !t.cols[ci].mutable {
-			return zero, fmt.Errorf("update %s id %v: %w", t.name, id, &InvalidError{Table: t.name,
-				Column: name, Reason: "the key cannot be changed"})
+			return zero, fmt.Errorf("update %s id %v: %w", t.name, id, &InvalidError{
+				Table:  t.name,
+				Column: name, Reason: "the key cannot be changed",
+			})
 		}
 	}
 	query := t.updateSQL(names)
@@ -366,8 +370,10 @@ func (m *Model[T]) Delete(ctx context.Context, id any) (T, error) {
 // List returns at most limit rows, ordered by key. limit must be positive.
 func (m *Model[T]) List(ctx context.Context, limit int) ([]T, error) {
 	if limit <= 0 {
-		return nil, fmt.Errorf("list %s: %w", m.t.name, &InvalidError{Table: m.t.name,
-			Reason: fmt.Sprintf("limit %d: give a positive number of rows", limit)})
+		return nil, fmt.Errorf("list %s: %w", m.t.name, &InvalidError{
+			Table:  m.t.name,
+			Reason: fmt.Sprintf("limit %d: give a positive number of rows", limit),
+		})
 	}
 	rows, err := m.Query(ctx, m.t.list, limit)
 	if err != nil {

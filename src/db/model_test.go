@@ -370,17 +370,17 @@ func TestConcurrentCRUD(t *testing.T) {
 					return err
 				}
 				if got, err := things.Read(ctx, row.ID); err != nil || got.Name != name {
-					return fmt.Errorf("read %s: %v %v", name, got.Name, err)
+					return fmt.Errorf("read %s: got %q: %w", name, got.Name, err)
 				}
 				if got, err := things.Update(ctx, row.ID, map[string]any{"count": int16(i)}); err != nil || got.Count != int16(i) {
-					return fmt.Errorf("update %s: %v %v", name, got.Count, err)
+					return fmt.Errorf("update %s: got %d: %w", name, got.Count, err)
 				}
 				if _, err := things.List(ctx, 5); err != nil {
 					return err
 				}
 				if i%2 == 0 {
 					if got, err := things.Delete(ctx, row.ID); err != nil || got.Name != name {
-						return fmt.Errorf("delete %s: %v %v", name, got.Name, err)
+						return fmt.Errorf("delete %s: got %q: %w", name, got.Name, err)
 					}
 				}
 				return nil
@@ -421,8 +421,10 @@ func TestNewModelRefusesBadRowTypes(t *testing.T) {
 		"bad option": errOf(db.NewModel[badOpt](nil, "t")),
 		"bad table":  errOf(db.NewModel[Thing](nil, "a..b")),
 	}
-	want := map[string]string{"no id": `no field for the key column "id"`, "not struct": "not a struct",
-		"duplicate": `column "x" named by two fields`, "bad option": `unknown db tag option "primary"`, "bad table": `bad table name "a..b"`}
+	want := map[string]string{
+		"no id": `no field for the key column "id"`, "not struct": "not a struct",
+		"duplicate": `column "x" named by two fields`, "bad option": `unknown db tag option "primary"`, "bad table": `bad table name "a..b"`,
+	}
 	for name, err := range cases {
 		if err == nil || !strings.Contains(err.Error(), want[name]) {
 			t.Errorf("%s: %v, want an error containing %q", name, err, want[name])

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"log"
 	"time"
 
 	"example.com/service/src/db"
@@ -20,18 +19,18 @@ func exampleClient() (*db.Client, func()) {
 	defer cancel()
 	admin, err := sql.Open("pgx", testenv.PostgresURL("postgres"))
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	name := testenv.Name("modelsexample_")
 	if _, err := admin.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	c, err := db.Open(ctx, db.Config{URL: testenv.PostgresURL(name)})
 	if err == nil {
 		err = loadSchema(ctx, c)
 	}
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	return c, func() {
 		_ = c.Close()
@@ -48,12 +47,12 @@ func ExampleExampleItems_AllByString() {
 	items := models.NewExampleItems(client)
 	for _, s := range []string{"apple", "pear", "apple"} {
 		if _, err := items.Create(ctx, models.ExampleItem{String: s, JSON: json.RawMessage(`{"ripe": true}`)}); err != nil {
-			log.Fatal(err)
+			panic(err)
 		}
 	}
 	apples, err := items.AllByString(ctx, "apple")
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println(len(apples), apples[0].String, string(apples[0].JSON))
 	// Output: 2 apple {"ripe": true}
