@@ -1,0 +1,105 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"time"
+
+	"example.com/service/src/worker"
+)
+
+// A typed function becomes a handler with Func: the request data is decoded
+// into its argument and its result becomes the reply data.
+func ExampleFunc() {
+	type item struct {
+		Name string `json:"name"`
+	}
+	h := worker.Func(func(ctx context.Context, it item) (map[string]string, error) {
+		return map[string]string{"hello": it.Name}, nil
+	})
+
+	out, err := h.Serve(context.Background(), &worker.Request{Data: json.RawMessage(`{"name": "ada"}`)})
+	fmt.Println(string(out), err)
+
+	_, err = h.Serve(context.Background(), &worker.Request{Data: json.RawMessage(`{"name": 7}`)})
+	fmt.Println(err, errors.Is(err, worker.ErrBadRequest))
+	// Output:
+	// {"hello":"ada"} <nil>
+	// data.name is a JSON number, want string true
+}
+
+// Errorf gives an error a reply type; callers see it in RemoteError.Type.
+func ExampleErrorf() {
+	err := worker.Errorf("NotFound", "no item with id %d", 42)
+	var typed worker.Typed
+	if errors.As(err, &typed) {
+		fmt.Println(typed.ErrorType()+":", err)
+	}
+	// Output: NotFound: no item with id 42
+}
+
+// A failure reply is a *RemoteError carrying the remote type and message.
+func ExampleRemoteError() {
+	var err error = &worker.RemoteError{Route: "items", Type: "NotFound", Message: "no item with id 42"}
+	var re *worker.RemoteError
+	if errors.As(err, &re) && re.Type == "NotFound" {
+		fmt.Println("not found:", re.Message)
+	}
+	fmt.Println(err)
+	// Output:
+	// not found: no item with id 42
+	// route "items" failed: NotFound: no item with id 42
+}
+
+// A service: one connection, an RPC worker and a queue worker, and a client
+// to call other services. Routes are registered like net/http handlers.
+func Example() {
+	cfg, err := worker.ConfigFromEnv()
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	dialCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	conn, err := worker.Dial(dialCtx, cfg, worker.WithName("example-service"))
+	if err != nil {
+		log.Fatal(err) // cannot reach RabbitMQ at localhost:5672 as guest: connection refused
+	}
+	defer conn.Close()
+
+	rpc := worker.NewRPC(conn)
+	rpc.Handle("hello_world", worker.Func(func(ctx context.Context, _ any) (string, error) {
+		return "Hello world!", nil
+	}))
+	queue := worker.NewQueue(conn)
+	queue.Handle("queue-test", worker.Job(func(ctx context.Context, msg string) error {
+		log.Print(msg)
+		return nil
+	}))
+	for _, w := range []interface{ Start(context.Context) error }{rpc, queue} {
+		if err := w.Start(ctx); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	client := worker.NewClient(conn)
+	var greeting string
+	if err := client.Call(ctx, "hello_world", nil, &greeting); err != nil {
+		log.Print(err)
+	}
+	if err := client.Publish(ctx, "queue-test", "logged by the queue worker"); err != nil {
+		log.Print(err)
+	}
+
+	<-ctx.Done()
+	shutdownCtx, cancel2 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel2()
+	_ = rpc.Shutdown(shutdownCtx)
+	_ = queue.Shutdown(shutdownCtx)
+}
