@@ -135,4 +135,3 @@ func Example_widens() {
 	fmt.Println(widens("integer", "bigint"), widens("character varying(50)", "character varying(20)"))
 	// Output: true false
 }
-
