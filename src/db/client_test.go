@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"example.com/service/src/db"
 	"example.com/service/src/internal/testenv"
@@ -54,6 +55,12 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Errorf("WithDatabase: %q", got)
 	}
 
+	// A socket directory is a host too.
+	sock := db.Config{Host: "/var/run/postgresql", Port: 5433, Database: "d"}.ConnString()
+	if pc, err := pgx.ParseConfig(sock); err != nil || pc.Host != "/var/run/postgresql" || pc.Port != 5433 || pc.Database != "d" {
+		t.Errorf("socket directory: %q parses to %+v, %v", sock, pc, err)
+	}
+
 	for _, port := range []string{"x", "0", "70000", "-1"} {
 		t.Setenv("DB_PORT", port)
 		_, err := db.ConfigFromEnv()
@@ -62,6 +69,11 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 	}
 	t.Setenv("DB_PORT", "")
+	t.Setenv("DB_HOST", "db host")
+	if _, err := db.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), `DB_HOST="db host"`) {
+		t.Errorf("DB_HOST with a space: %v", err)
+	}
+	t.Setenv("DB_HOST", "")
 
 	t.Setenv("DB_URL", "postgres://u:hunter2@h:1/d?sslmode=disable")
 	c, err = db.ConfigFromEnv()

@@ -15,7 +15,7 @@ import (
 // The zero value is usable: every empty field takes the default written in
 // its comment.
 type Config struct {
-	Host     string // default "localhost"
+	Host     string // default "localhost"; a path (/var/run/postgresql) is a Unix socket directory
 	Port     int    // default 5432
 	User     string // default "postgres"
 	Password string // default "" (no password)
@@ -67,8 +67,8 @@ func ConfigFromEnv() (Config, error) {
 		errs = append(errs, fmt.Errorf("DB_PORT=%q: not a port number (1-65535)", port))
 	}
 	c.Port = p
-	if strings.ContainsAny(c.Host, "/ ") {
-		errs = append(errs, fmt.Errorf("DB_HOST=%q: not a host name or address", c.Host))
+	if strings.ContainsAny(c.Host, " ") || (strings.Contains(c.Host, "/") && !strings.HasPrefix(c.Host, "/")) {
+		errs = append(errs, fmt.Errorf("DB_HOST=%q: not a host name, address or socket directory", c.Host))
 	}
 	if c.URL != "" {
 		if _, err := parseURL(c.URL); err != nil {
@@ -96,6 +96,10 @@ func (c Config) ConnString() string {
 		return c.URL
 	}
 	u := url.URL{Scheme: "postgres", Host: net.JoinHostPort(c.host(), strconv.Itoa(c.port())), Path: "/" + c.database()}
+	if strings.HasPrefix(c.host(), "/") { // Unix socket directory: passed as a parameter
+		u.Host = ""
+		u.RawQuery = url.Values{"host": {c.host()}, "port": {strconv.Itoa(c.port())}}.Encode()
+	}
 	if c.Password != "" {
 		u.User = url.UserPassword(c.user(), c.Password)
 	} else {
