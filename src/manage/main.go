@@ -161,7 +161,7 @@ func parseArgs(args []string, stderr io.Writer) (string, options, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return "", o, err
 		}
-		return "", o, fmt.Errorf("%w: %v", errUsage, err)
+		return "", o, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	for _, a := range fs.Args() {
 		// The seed spelled it `manage.py sync noprompt`.
@@ -181,7 +181,7 @@ func parseArgs(args []string, stderr io.Writer) (string, options, error) {
 			continue
 		}
 		if rootErr != nil {
-			return "", o, fmt.Errorf("%w: %v; run inside the project or pass the paths as flags", errUsage, rootErr)
+			return "", o, fmt.Errorf("%w: %w; run inside the project or pass the paths as flags", errUsage, rootErr)
 		}
 		*p.dst = filepath.Join(root, filepath.FromSlash(p.def))
 	}

@@ -87,6 +87,7 @@ func (s *server) dropStale(ctx context.Context) {
 		s.log.Warn("cannot list leftover scratch databases", "err", err)
 		return
 	}
+	defer rows.Close()
 	var stale []string
 	for rows.Next() {
 		var name string
@@ -94,7 +95,10 @@ func (s *server) dropStale(ctx context.Context) {
 			stale = append(stale, name)
 		}
 	}
-	_ = rows.Close()
+	if err := rows.Err(); err != nil {
+		s.log.Warn("cannot list leftover scratch databases", "err", err)
+		return
+	}
 	for _, name := range stale {
 		if _, err := s.admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(name)); err != nil {
 			s.log.Warn("cannot drop leftover scratch database", "database", name, "err", err)

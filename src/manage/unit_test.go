@@ -64,10 +64,17 @@ func TestWidens(t *testing.T) {
 		from, to string
 		want     bool
 	}{
-		{"smallint", "integer", true}, {"integer", "bigint", true}, {"bigint", "integer", false},
-		{"character varying(10)", "character varying(20)", true}, {"character varying(20)", "character varying(10)", false},
-		{"character varying(10)", "text", true}, {"text", "character varying(10)", false}, {"text", "integer", false},
-		{"integer", "text", false}, {"real", "double precision", true}, {"integer", "numeric", true},
+		{"smallint", "integer", true},
+		{"integer", "bigint", true},
+		{"bigint", "integer", false},
+		{"character varying(10)", "character varying(20)", true},
+		{"character varying(20)", "character varying(10)", false},
+		{"character varying(10)", "text", true},
+		{"text", "character varying(10)", false},
+		{"text", "integer", false},
+		{"integer", "text", false},
+		{"real", "double precision", true},
+		{"integer", "numeric", true},
 	} {
 		if got := widens(c.from, c.to); got != c.want {
 			t.Errorf("widens(%q, %q) = %v, want %v", c.from, c.to, got, c.want)
@@ -94,9 +101,14 @@ func TestParseArgs(t *testing.T) {
 		args []string
 		ok   bool
 	}{
-		{[]string{"sync"}, true}, {[]string{"sync", "--noprompt"}, true}, {[]string{"sync", "noprompt"}, true},
-		{[]string{"pending", "--dump", "x.sql"}, true}, {nil, false}, {[]string{"migrate"}, false},
-		{[]string{"sync", "--dump", "x"}, false}, {[]string{"sync", "extra"}, false},
+		{[]string{"sync"}, true},
+		{[]string{"sync", "--noprompt"}, true},
+		{[]string{"sync", "noprompt"}, true},
+		{[]string{"pending", "--dump", "x.sql"}, true},
+		{nil, false},
+		{[]string{"migrate"}, false},
+		{[]string{"sync", "--dump", "x"}, false},
+		{[]string{"sync", "extra"}, false},
 	} {
 		cmd, o, err := parseArgs(c.args, &sink)
 		if (err == nil) != c.ok {
