@@ -76,11 +76,12 @@ func (p *publisher) session(ctx context.Context) (*pubSession, error) {
 		pending: map[uint64]*pendingPub{},
 		byID:    map[string]uint64{},
 	}
-	// Unbuffered: the library hands over a return before the confirm of the
-	// same message, and one goroutine receives both, so a returned message
-	// is always known as returned when its confirm arrives.
-	confirms := ch.NotifyPublish(make(chan amqp.Confirmation))
-	returns := ch.NotifyReturn(make(chan amqp.Return))
+	// The library's reader hands over a message's return before its
+	// confirm; listen drains the returns before handling each confirm, so a
+	// returned message is always known as returned when its confirm comes.
+	// Buffered, so the reader never waits for us.
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 1024))
+	returns := ch.NotifyReturn(make(chan amqp.Return, 64))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	go s.listen(confirms, returns, closes)
 	p.sess = s
@@ -96,15 +97,24 @@ func (s *pubSession) listen(confirms chan amqp.Confirmation, returns chan amqp.R
 				returns = nil
 				continue
 			}
-			s.pendMu.Lock()
-			if seq, found := s.byID[r.MessageId]; found {
-				s.pending[seq].returned = &r
-			}
-			s.pendMu.Unlock()
+			s.markReturned(&r)
 		case c, ok := <-confirms:
 			if !ok {
 				confirms = nil
 				continue
+			}
+		drain:
+			for returns != nil {
+				select {
+				case r, ok := <-returns:
+					if !ok {
+						returns = nil
+						break drain
+					}
+					s.markReturned(&r)
+				default:
+					break drain
+				}
 			}
 			s.pendMu.Lock()
 			pp := s.pending[c.DeliveryTag]
@@ -130,6 +140,14 @@ func (s *pubSession) listen(confirms chan amqp.Confirmation, returns chan amqp.R
 			}
 		}
 	}
+}
+
+func (s *pubSession) markReturned(r *amqp.Return) {
+	s.pendMu.Lock()
+	if seq, found := s.byID[r.MessageId]; found {
+		s.pending[seq].returned = r
+	}
+	s.pendMu.Unlock()
 }
 
 var errNacked = errors.New("the broker refused the message (nack)")

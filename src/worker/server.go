@@ -68,6 +68,7 @@ type server struct {
 
 	loops    sync.WaitGroup
 	inflight sync.WaitGroup
+	ackers   sync.WaitGroup
 	running  atomic.Int64
 
 	dlq *publisher // queue workers only
@@ -160,6 +161,7 @@ func (s *server) shutdown(ctx context.Context) error {
 	go func() {
 		s.loops.Wait()
 		s.inflight.Wait()
+		s.ackers.Wait()
 		close(done)
 	}()
 	var err error
@@ -245,17 +247,20 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 	defer s.loops.Done()
 	for {
 		c.mu.Lock()
-		ch := c.ch
+		ack := newAcker(c.ch, s.opts.prefetch)
 		c.mu.Unlock()
 		for d := range deliveries {
 			if s.stopping.Load() {
-				_ = d.Nack(false, true) // let another replica take it now
+				ack.requeue(d.DeliveryTag) // let another replica take it now
 				continue
 			}
+			ack.handlers.Add(1)
 			s.inflight.Add(1)
 			s.running.Add(1)
-			go c.serve(ch, d)
+			go c.serve(ack, d)
 		}
+		s.ackers.Add(1)
+		ack.closeWhenIdle(s.ackers.Done)
 		if s.stopping.Load() {
 			return
 		}
@@ -310,13 +315,14 @@ func (c *consumer) closeChannel() {
 	}
 }
 
-func (c *consumer) serve(ch *amqp.Channel, d amqp.Delivery) {
+func (c *consumer) serve(ack *acker, d amqp.Delivery) {
 	defer c.s.inflight.Done()
 	defer c.s.running.Add(-1)
+	defer ack.handlers.Done()
 	if c.s.kind == kindRPC {
-		c.serveRPC(ch, &d)
+		c.serveRPC(ack, &d)
 	} else {
-		c.serveQueue(&d)
+		c.serveQueue(ack, &d)
 	}
 }
 
@@ -331,12 +337,12 @@ func deadline(d *amqp.Delivery) time.Time {
 	return time.Time{}
 }
 
-func (c *consumer) serveRPC(ch *amqp.Channel, d *amqp.Delivery) {
+func (c *consumer) serveRPC(ack *acker, d *amqp.Delivery) {
 	s := c.s
 	req := &Request{Route: c.route, Attempt: 1, Deadline: deadline(d), Delivery: d}
 	if !req.Deadline.IsZero() && !time.Now().Before(req.Deadline) {
 		s.opts.logger.Debug("request expired before it ran; dropped", "route", c.route, "deadline", req.Deadline)
-		_ = d.Ack(false)
+		ack.ack(d.DeliveryTag)
 		return
 	}
 	var out []byte
@@ -362,7 +368,7 @@ func (c *consumer) serveRPC(ch *amqp.Channel, d *amqp.Delivery) {
 		if gz {
 			body, ct = gzipBytes(body), ContentGzip
 		}
-		perr := ch.PublishWithContext(context.Background(), "", d.ReplyTo, false, false, amqp.Publishing{
+		perr := ack.ch.PublishWithContext(context.Background(), "", d.ReplyTo, false, false, amqp.Publishing{
 			ContentType:   ct,
 			CorrelationId: d.CorrelationId,
 			Body:          body,
@@ -373,7 +379,7 @@ func (c *consumer) serveRPC(ch *amqp.Channel, d *amqp.Delivery) {
 			return
 		}
 	}
-	_ = d.Ack(false)
+	ack.ack(d.DeliveryTag)
 }
 
 // call runs the handler, turning a panic into an error.
@@ -419,12 +425,12 @@ func (c *consumer) wireError(err error) wireError {
 	return we
 }
 
-func (c *consumer) serveQueue(d *amqp.Delivery) {
+func (c *consumer) serveQueue(ack *acker, d *amqp.Delivery) {
 	s := c.s
 	req := &Request{Route: c.route, Delivery: d}
 	data, _, err := decodeBody(d.Body, d.ContentEncoding, s.lim)
 	if err != nil {
-		c.deadLetter(d, err, 0)
+		c.deadLetter(ack, d, err, 0)
 		return
 	}
 	req.Data = data
@@ -433,18 +439,18 @@ func (c *consumer) serveQueue(d *amqp.Delivery) {
 		req.Attempt = attempt
 		_, err = c.call(s.base, req)
 		if err == nil {
-			_ = d.Ack(false)
+			ack.ack(d.DeliveryTag)
 			return
 		}
 		if errors.Is(err, ErrBadRequest) || attempt >= s.opts.retry.Attempts {
-			c.deadLetter(d, err, attempt)
+			c.deadLetter(ack, d, err, attempt)
 			return
 		}
 		s.opts.logger.Debug("handler failed, retrying", "route", c.route, "attempt", attempt, "err", err, "in", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-s.base.Done():
-			_ = d.Nack(false, true)
+			ack.requeue(d.DeliveryTag)
 			return
 		}
 		backoff = min(backoff*2, s.opts.retry.MaxBackoff)
@@ -454,7 +460,7 @@ func (c *consumer) serveQueue(d *amqp.Delivery) {
 // deadLetter publishes the message to the route's dead-letter queue with
 // the error in its headers and, once confirmed, acks it. When the dead
 // letter cannot be confirmed the message is requeued, never dropped.
-func (c *consumer) deadLetter(d *amqp.Delivery, cause error, attempts int) {
+func (c *consumer) deadLetter(ack *acker, d *amqp.Delivery, cause error, attempts int) {
 	s := c.s
 	headers := amqp.Table{}
 	for k, v := range d.Headers {
@@ -480,11 +486,11 @@ func (c *consumer) deadLetter(d *amqp.Delivery, cause error, attempts int) {
 	})
 	if err != nil {
 		s.opts.logger.Error("cannot dead-letter message; requeued", "route", c.route, "err", err, "cause", cause)
-		_ = d.Nack(false, true)
+		ack.requeue(d.DeliveryTag)
 		return
 	}
 	s.opts.logger.Warn("message dead-lettered", "route", c.route, "queue", c.route+DeadLetterSuffix, "attempts", attempts, "err", cause)
-	_ = d.Ack(false)
+	ack.ack(d.DeliveryTag)
 }
 
 func randomHex(n int) string {

@@ -1,0 +1,336 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"example.com/service/src/worker"
+)
+
+// The benchmarks measure the library next to a minimal hand-written
+// amqp091-go baseline doing the same work in the same run, and report both
+// rates, their ratio (worker/raw; >= 0.9 is the target) and, for RPC, both
+// p99 latencies. ns/op covers both halves; read the custom metrics.
+
+var benchPayload = json.RawMessage(`{"n":1,"s":"hello"}`)
+
+// phase runs op n times on conc goroutines and returns ops/s and p99.
+func phase(n, conc int, op func() error) (rate float64, p99 time.Duration, err error) {
+	lat, took, err := run(n, conc, op)
+	if err != nil {
+		return 0, 0, err
+	}
+	return float64(n) / took.Seconds(), percentile(lat, 99), nil
+}
+
+// run runs op n times on conc goroutines; it returns each op's latency and
+// the wall time.
+func run(n, conc int, op func() error) ([]time.Duration, time.Duration, error) {
+	lat := make([][]time.Duration, conc)
+	var next atomic.Int64
+	var first atomic.Value
+	var wg sync.WaitGroup
+	began := time.Now()
+	for g := range conc {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) {
+				t0 := time.Now()
+				if err := op(); err != nil {
+					first.CompareAndSwap(nil, err)
+					return
+				}
+				lat[g] = append(lat[g], time.Since(t0))
+			}
+		})
+	}
+	wg.Wait()
+	if e, _ := first.Load().(error); e != nil {
+		return nil, 0, e
+	}
+	return slices.Concat(lat...), time.Since(began), nil
+}
+
+func percentile(lat []time.Duration, p int) time.Duration {
+	if len(lat) == 0 {
+		return 0
+	}
+	slices.Sort(lat)
+	return lat[min(len(lat)-1, len(lat)*p/100)]
+}
+
+// interleaved runs rawOp and libOp n times each, alternating rounds of at
+// most chunk ops so both see the same machine load, and returns both rates
+// and p99 latencies.
+func interleaved(n, conc, chunk int, rawOp, libOp func() error) (rawRate, libRate float64, rawP99, libP99 time.Duration, err error) {
+	var rawLat, libLat []time.Duration
+	var rawTook, libTook time.Duration
+	for done := 0; done < n; done += chunk {
+		k := min(chunk, n-done)
+		lat, took, err := run(k, conc, rawOp)
+		if err != nil {
+			return 0, 0, 0, 0, err
+		}
+		rawLat, rawTook = append(rawLat, lat...), rawTook+took
+		lat, took, err = run(k, conc, libOp)
+		if err != nil {
+			return 0, 0, 0, 0, err
+		}
+		libLat, libTook = append(libLat, lat...), libTook+took
+	}
+	return float64(n) / rawTook.Seconds(), float64(n) / libTook.Seconds(), percentile(rawLat, 99), percentile(libLat, 99), nil
+}
+
+func report(b *testing.B, raw, lib float64, rawP99, libP99 time.Duration) {
+	b.ReportMetric(raw, "raw-ops/s")
+	b.ReportMetric(lib, "worker-ops/s")
+	b.ReportMetric(lib/raw, "ratio")
+	if rawP99 > 0 {
+		b.ReportMetric(float64(rawP99.Microseconds()), "raw-p99-µs")
+		b.ReportMetric(float64(libP99.Microseconds()), "worker-p99-µs")
+		b.ReportMetric(float64(libP99)/float64(rawP99), "p99-ratio")
+	}
+}
+
+// rawEcho is the baseline RPC server: one consumer answering each request
+// to its reply_to, then acking.
+func rawEcho(b *testing.B, queue string) {
+	ch := raw(b)
+	if err := ch.Qos(256, 0, false); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	ds, err := ch.Consume(queue, "", false, false, false, false, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for d := range ds {
+			_ = ch.PublishWithContext(context.Background(), "", d.ReplyTo, false, false, amqp.Publishing{
+				ContentType: "application/json", CorrelationId: d.CorrelationId, Body: d.Body,
+			})
+			_ = d.Ack(false)
+		}
+	}()
+}
+
+// rawCaller is the baseline RPC client: direct reply-to, a map of waiters.
+type rawCaller struct {
+	ch      *amqp.Channel
+	mu      sync.Mutex
+	pending map[string]chan []byte
+	seq     atomic.Uint64
+}
+
+func newRawCaller(b *testing.B) *rawCaller {
+	c := &rawCaller{ch: raw(b), pending: map[string]chan []byte{}}
+	ds, err := c.ch.Consume("amq.rabbitmq.reply-to", "", true, false, false, false, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for d := range ds {
+			c.mu.Lock()
+			w := c.pending[d.CorrelationId]
+			delete(c.pending, d.CorrelationId)
+			c.mu.Unlock()
+			if w != nil {
+				w <- d.Body
+			}
+		}
+	}()
+	return c
+}
+
+func (c *rawCaller) call(queue string, body []byte) error {
+	id := strconv.FormatUint(c.seq.Add(1), 36)
+	w := make(chan []byte, 1)
+	c.mu.Lock()
+	c.pending[id] = w
+	c.mu.Unlock()
+	err := c.ch.PublishWithContext(context.Background(), "", queue, false, false, amqp.Publishing{
+		ContentType: "application/json", ReplyTo: "amq.rabbitmq.reply-to", CorrelationId: id, Body: body,
+	})
+	if err != nil {
+		return err
+	}
+	select {
+	case <-w:
+		return nil
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("raw call %s: no reply", id)
+	}
+}
+
+func BenchmarkRPC(b *testing.B) {
+	requireBroker(b)
+	for _, conc := range []int{1, 64} {
+		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
+			rawQ, libQ := route(b, "bench-raw"), route(b, "bench-rpc")
+			rawEcho(b, rawQ)
+			rc := newRawCaller(b)
+			body := []byte(`{"data":` + string(benchPayload) + `}`)
+
+			conn := dial(b, "")
+			rpc := worker.NewRPC(conn)
+			rpc.Handle(libQ, worker.Func(func(_ context.Context, in json.RawMessage) (json.RawMessage, error) { return in, nil }))
+			start(b, rpc)
+			c := client(b, dial(b, ""))
+			ctx := context.Background()
+			var out json.RawMessage
+			call := func() error { return c.Call(ctx, libQ, benchPayload, &out) }
+			if err := call(); err != nil { // warm up
+				b.Fatal(err)
+			}
+			_ = rc.call(rawQ, body)
+
+			b.ResetTimer()
+			rawRate, libRate, rawP99, libP99, err := interleaved(b.N, conc, max(200, conc*10),
+				func() error { return rc.call(rawQ, body) },
+				func() error {
+					var out json.RawMessage
+					return c.Call(ctx, libQ, benchPayload, &out)
+				})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			report(b, rawRate, libRate, rawP99, libP99)
+		})
+	}
+}
+
+// BenchmarkPublish: persistent messages to a durable queue, each confirmed
+// before the publisher counts it. Raw: one goroutine pipelining with a
+// window of 256 deferred confirms. Worker: 64 goroutines calling Publish.
+func BenchmarkPublish(b *testing.B) {
+	requireBroker(b)
+	rawQ, libQ := route(b, "bench-praw"), route(b, "bench-pub")
+	ch := raw(b)
+	for _, q := range []string{rawQ, libQ} {
+		if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := ch.Confirm(false); err != nil {
+		b.Fatal(err)
+	}
+	body := []byte(`{"data":` + string(benchPayload) + `}`)
+	c := client(b, dial(b, ""))
+	ctx := context.Background()
+
+	b.ResetTimer()
+	began := time.Now()
+	window := make([]*amqp.DeferredConfirmation, 0, 256)
+	for range b.N {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", rawQ, true, false, amqp.Publishing{
+			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		window = append(window, dc)
+		if len(window) == cap(window) {
+			if ok, err := window[0].WaitContext(ctx); !ok || err != nil {
+				b.Fatalf("raw publish not confirmed: %v", err)
+			}
+			window = window[1:]
+			window = slices.Clip(append(make([]*amqp.DeferredConfirmation, 0, 256), window...))
+		}
+	}
+	for _, dc := range window {
+		if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+			b.Fatalf("raw publish not confirmed: %v", err)
+		}
+	}
+	rawRate := float64(b.N) / time.Since(began).Seconds()
+
+	libRate, _, err := phase(b.N, 64, func() error { return c.Publish(ctx, libQ, benchPayload) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	report(b, rawRate, libRate, 0, 0)
+}
+
+// BenchmarkConsume: b.N messages waiting in a durable queue, consumed and
+// acked one by one. Raw: one consumer, prefetch 256. Worker: a Queue worker
+// with its default prefetch and a typed handler.
+func BenchmarkConsume(b *testing.B) {
+	requireBroker(b)
+	rawQ, libQ := route(b, "bench-craw"), route(b, "bench-con")
+	ch := raw(b)
+	body := []byte(`{"data":` + string(benchPayload) + `}`)
+	fill := func(q string) {
+		if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+			b.Fatal(err)
+		}
+		for range b.N {
+			if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp.Publishing{
+				ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body,
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		eventually(b, "queue filled", func() bool {
+			qi, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+			return err == nil && qi.Messages >= b.N
+		})
+	}
+	b.StopTimer()
+	fill(rawQ)
+	fill(libQ)
+	b.StartTimer()
+
+	cch := raw(b)
+	if err := cch.Qos(256, 0, false); err != nil {
+		b.Fatal(err)
+	}
+	began := time.Now()
+	ds, err := cch.Consume(rawQ, "", false, false, false, false, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for range b.N {
+		d := <-ds
+		var v struct{ Data json.RawMessage }
+		_ = json.Unmarshal(d.Body, &v)
+		if err := d.Ack(false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rawRate := float64(b.N) / time.Since(began).Seconds()
+
+	var n atomic.Int64
+	done := make(chan struct{})
+	q := worker.NewQueue(dial(b, ""))
+	q.Handle(libQ, worker.Job(func(_ context.Context, m struct {
+		N int    `json:"n"`
+		S string `json:"s"`
+	}) error {
+		if n.Add(1) == int64(b.N) {
+			close(done)
+		}
+		return nil
+	}))
+	began = time.Now()
+	start(b, q)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Minute):
+		b.Fatalf("consumed %d of %d", n.Load(), b.N)
+	}
+	libRate := float64(b.N) / time.Since(began).Seconds()
+	b.StopTimer()
+	report(b, rawRate, libRate, 0, 0)
+}
