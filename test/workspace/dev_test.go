@@ -87,7 +87,7 @@ func TestTaskDevHotReload(t *testing.T) {
 		t.Fatalf("after editing src/lib.go: %v", err)
 	}
 	reload := time.Since(saved)
-	t.Logf("hot reload: %.2f s from saving src/lib.go to the new hello_world reply", reload.Seconds())
+	t.Logf("hot reload: %.2f s from saving src/lib.go to the new hello_world reply (%s)", reload.Seconds(), phases(out, saved))
 	if reload > 30*time.Second {
 		t.Errorf("hot reload took %v, want under 30 s", reload)
 	}
@@ -99,6 +99,24 @@ func TestTaskDevHotReload(t *testing.T) {
 	if n := consumers(t, vhost, "hello_world"); n != 0 {
 		t.Errorf("hello_world still has %d consumers after task dev exited: the service outlived Air", n)
 	}
+}
+
+// phases splits a restart by the log lines of Air and the service, seconds
+// after the save: change seen, build started, old process interrupted (the
+// build is done), new process started; the new reply comes after.
+func phases(out *lockedWriter, saved time.Time) string {
+	var parts []string
+	for _, p := range []struct{ name, text string }{
+		{"change seen", "has changed"},
+		{"build start", "building..."},
+		{"old stopping", `msg=stopping`},
+		{"new started", "running..."},
+	} {
+		if at, ok := out.firstAfter(saved, p.text); ok {
+			parts = append(parts, fmt.Sprintf("%s +%.2fs", p.name, at.Sub(saved).Seconds()))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // TestTaskDevWithoutServices runs `go tool task dev` where neither the

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -137,15 +138,23 @@ func passwordMatches(hash, password string) bool {
 }
 
 // lockedWriter is an io.Writer safe for the concurrent writes of a child
-// process's stdout and stderr copiers and for reading while they run.
+// process's stdout and stderr copiers and for reading while they run. It
+// notes when each write arrived, to time the phases of a restart.
 type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
+	mu     sync.Mutex
+	w      *bytes.Buffer
+	writes []timedWrite
+}
+
+type timedWrite struct {
+	at   time.Time
+	text string
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.writes = append(l.writes, timedWrite{time.Now(), string(p)})
 	return l.w.Write(p)
 }
 
@@ -153,4 +162,16 @@ func (l *lockedWriter) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.String()
+}
+
+// firstAfter returns when text first appeared in a write at or after since.
+func (l *lockedWriter) firstAfter(since time.Time, text string) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, w := range l.writes {
+		if !w.at.Before(since) && strings.Contains(w.text, text) {
+			return w.at, true
+		}
+	}
+	return time.Time{}, false
 }
