@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "e2e tests cannot run:\n%v\n", err)
 		os.Exit(1)
 	}
-	b, err := stack.Build()
+	b, err := stack.Build(true)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e tests cannot build the service: %v\n", err)
 		os.Exit(1)

@@ -27,15 +27,17 @@ import (
 // Binaries are the service and manage executables a test binary built once.
 type Binaries struct {
 	Root    string // the module root
-	Service string // go build -race ./src
+	Service string // go build [-race] ./src
 	Manage  string // go build ./src/manage
 	dir     string
 }
 
-// Build compiles the service (with the race detector, so e2e traffic also
-// hunts data races) and the manage tool into a temporary directory. Call it
-// once from TestMain and Clean up at the end.
-func Build() (*Binaries, error) {
+// Build compiles the service and the manage tool into a temporary directory.
+// With race the service is built with the race detector, so that e2e traffic
+// also hunts data races; tests that measure memory or push volume build it
+// without, as it is deployed. Call Build once from TestMain and Clean up at
+// the end.
+func Build(race bool) (*Binaries, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return nil, err
@@ -45,8 +47,12 @@ func Build() (*Binaries, error) {
 		return nil, err
 	}
 	b := &Binaries{Root: root, Service: filepath.Join(dir, "service"), Manage: filepath.Join(dir, "manage"), dir: dir}
+	service := []string{"build", "-o", b.Service, "./src"}
+	if race {
+		service = []string{"build", "-race", "-o", b.Service, "./src"}
+	}
 	for _, args := range [][]string{
-		{"build", "-race", "-o", b.Service, "./src"},
+		service,
 		{"build", "-o", b.Manage, "./src/manage"},
 	} {
 		cmd := exec.Command("go", args...)
@@ -183,6 +189,9 @@ func Launch(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 	})
 	return p
 }
+
+// PID is the process id.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
 
 // Signal sends sig to the process.
 func (p *Process) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
