@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/service/src/db"
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 )
 
 var errNoRows = sql.ErrNoRows

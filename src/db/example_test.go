@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"example.com/service/src/db"
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 )
 
 // exampleDB creates a database holding the table note; the returned

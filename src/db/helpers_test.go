@@ -9,7 +9,7 @@ import (
 	"github.com/google/uuid"
 
 	"example.com/service/src/db"
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 )
 
 // thingSchema covers the column kinds the package promises: uuid key with a

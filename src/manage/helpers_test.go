@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"example.com/service/src/db"
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 )
 
 // lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.

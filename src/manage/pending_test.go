@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 )
 
 // pgTool returns the path of a PostgreSQL client program or skips the test.

@@ -13,7 +13,7 @@ import (
 	"ariga.io/atlas/sql/postgres"
 
 	"example.com/service/src/db"
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 )
 
 const enumSQL = "CREATE TYPE mood AS ENUM ('sad', 'ok');\n"

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"example.com/service/src/db"
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 	"example.com/service/src/models"
 )
 

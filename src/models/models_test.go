@@ -14,7 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"example.com/service/src/db"
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 	"example.com/service/src/models"
 )
 
