@@ -26,7 +26,9 @@ import (
 // TestTaskDevHotReload runs `go tool task dev` in a copy of the project
 // against the local RabbitMQ and PostgreSQL, calls hello_world, rewrites its
 // reply in the copy's src/lib.go and measures the seconds from the write to
-// the new reply; then interrupts task and checks that everything stopped.
+// the new reply; saves code that does not compile (the old process stops,
+// the error is logged), fixes it (the service is back); then interrupts task
+// and checks that everything stopped.
 // The service gets a vhost and a database of its own, so it competes with no
 // other copy of the service for the queues.
 func TestTaskDevHotReload(t *testing.T) {
@@ -90,6 +92,35 @@ func TestTaskDevHotReload(t *testing.T) {
 	t.Logf("hot reload: %.2f s from saving src/lib.go to the new hello_world reply (%s)", reload.Seconds(), phases(out, saved))
 	if reload > 30*time.Second {
 		t.Errorf("hot reload took %v, want under 30 s", reload)
+	}
+
+	// A save that does not compile: Air reports the error and stops the old
+	// process (stop_on_error), so nobody calls stale code; the next good
+	// save brings the service back.
+	broken := append(bytes.Clone(edited), []byte("\nfunc broken() {\n")...)
+	if err := os.WriteFile(lib, broken, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	failedAt := time.Now()
+	for {
+		if _, ok := out.firstAfter(failedAt, "failed to build"); ok && consumers(t, vhost, "hello_world") == 0 {
+			break
+		}
+		if time.Since(failedAt) > 60*time.Second {
+			t.Fatalf("after a save that does not compile: no build error reported, or hello_world still served (%d consumers)",
+				consumers(t, vhost, "hello_world"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if at, ok := out.firstAfter(failedAt, "src/lib.go:"); !ok || at.IsZero() {
+		t.Error("Air's output does not show the compiler's error naming src/lib.go")
+	}
+	fixed := "Hello fixed " + testenv.Name("") + "!"
+	if err := os.WriteFile(lib, bytes.Replace(src, []byte(`"Hello world!"`), []byte(strconv.Quote(fixed)), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.waitFor(t, "hello_world", fixed, 60*time.Second, exited); err != nil {
+		t.Fatalf("after fixing the build error: %v", err)
 	}
 
 	// Ctrl-C: task, Air and the service stop; the route loses its consumer.
