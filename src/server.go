@@ -220,4 +220,3 @@ func healthcheck(cfg config) int {
 	fmt.Println("healthy: RabbitMQ and PostgreSQL answer")
 	return 0
 }
-

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"example.com/service/src/db"
-	"example.com/service/src/testenv"
 	"example.com/service/src/models"
+	"example.com/service/src/testenv"
 )
 
 // exampleClient opens a fresh database holding the models' schema; the

@@ -14,8 +14,8 @@ import (
 	"github.com/google/uuid"
 
 	"example.com/service/src/db"
-	"example.com/service/src/testenv"
 	"example.com/service/src/models"
+	"example.com/service/src/testenv"
 )
 
 // loadSchema runs the package's .sql files, in lexical order, on c.

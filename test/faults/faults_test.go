@@ -70,8 +70,10 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 	rows, distinct := waitStored(t, db, tag, confirmed, 60*time.Second)
 	dead := drainDeadLetters(t, env, "example-item.store")
 	lost := confirmed - distinct - len(dead)
-	record(t, row{fault: "RabbitMQ restart while consuming", sent: confirmed, stored: distinct, lost: lost,
-		duplicated: rows - distinct, deadLetter: len(dead), note: fmt.Sprintf("%d published, %d confirmed", n, confirmed)})
+	record(t, row{
+		fault: "RabbitMQ restart while consuming", sent: confirmed, stored: distinct, lost: lost,
+		duplicated: rows - distinct, deadLetter: len(dead), note: fmt.Sprintf("%d published, %d confirmed", n, confirmed),
+	})
 	if confirmed != n {
 		t.Errorf("%d of %d publishes were not confirmed", n-confirmed, n)
 	}
@@ -142,9 +144,11 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 	rows, distinct := waitStored(t, database(t, env), tag+"-q-", sent, 30*time.Second)
 	dead := drainDeadLetters(t, env, "example-item.store")
 	lost := sent - distinct - len(dead)
-	record(t, row{fault: "PostgreSQL restart under load", sent: sent, stored: distinct, lost: lost,
+	record(t, row{
+		fault: "PostgreSQL restart under load", sent: sent, stored: distinct, lost: lost,
 		duplicated: rows - distinct, deadLetter: len(dead),
-		note: fmt.Sprintf("RPC: %d ok, %d error replies, %d without reply", okCalls.Load(), failed.Load(), timeout.Load())})
+		note: fmt.Sprintf("RPC: %d ok, %d error replies, %d without reply", okCalls.Load(), failed.Load(), timeout.Load()),
+	})
 	failMessages.Range(func(k, _ any) bool { t.Logf("error reply during the outage: %s", k); return true })
 	if lost != 0 {
 		t.Errorf("lost %d queue messages", lost)
@@ -211,9 +215,11 @@ func TestSIGTERMWithCallsInFlight(t *testing.T) {
 
 	stack.Start(t, bins, env) // the next replica
 	rows, distinct := waitStored(t, db, tag, confirmed, 30*time.Second)
-	record(t, row{fault: "SIGTERM with 50 calls in flight", sent: confirmed, stored: distinct, lost: confirmed - distinct,
+	record(t, row{
+		fault: "SIGTERM with 50 calls in flight", sent: confirmed, stored: distinct, lost: confirmed - distinct,
 		duplicated: rows - distinct,
-		note:       fmt.Sprintf("%d/%d calls answered; %d messages waited in the queue for the next replica", replied.Load(), calls, waiting)})
+		note:       fmt.Sprintf("%d/%d calls answered; %d messages waited in the queue for the next replica", replied.Load(), calls, waiting),
+	})
 	if replied.Load() != calls {
 		t.Errorf("%d of %d in-flight calls got their reply", replied.Load(), calls)
 	}
@@ -258,8 +264,10 @@ func TestTwoReplicasSplitTheLoad(t *testing.T) {
 	handledBy := func(p *stack.Process) int { return strings.Count(p.Logs(), "Just an exception: "+tag+"-") }
 	time.Sleep(200 * time.Millisecond)
 	na, nb := handledBy(a), handledBy(b)
-	record(t, row{fault: "two replicas", sent: confirmed, stored: distinct, lost: confirmed - distinct,
-		duplicated: rows - distinct, note: fmt.Sprintf("%d calls: %d by replica A, %d by replica B", calls, na, nb)})
+	record(t, row{
+		fault: "two replicas", sent: confirmed, stored: distinct, lost: confirmed - distinct,
+		duplicated: rows - distinct, note: fmt.Sprintf("%d calls: %d by replica A, %d by replica B", calls, na, nb),
+	})
 	if na+nb != calls {
 		t.Errorf("replicas handled %d + %d calls, want %d in all (each once)", na, nb, calls)
 	}
@@ -298,8 +306,10 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 		{"invalid UTF-8", amqp.Publishing{ContentType: "application/json", Body: []byte("{\"data\": \"\xc3\x28\"}")}, false},
 		{"unknown content encoding", amqp.Publishing{ContentType: "application/json", ContentEncoding: "zstd", Body: []byte(`{"data": 1}`)}, false},
 	}
-	rpcRoutes := []string{"hello_world", "test", "will-error", "dictionary", "db", "example-items",
-		"example-item.create", "example-item.read", "example-item.update", "example-item.delete"}
+	rpcRoutes := []string{
+		"hello_world", "test", "will-error", "dictionary", "db", "example-items",
+		"example-item.create", "example-item.read", "example-item.update", "example-item.delete",
+	}
 	before := rss(t, p.PID())
 	answered := 0
 	for _, route := range rpcRoutes {
@@ -342,8 +352,10 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 		}
 	}
 	after := rss(t, p.PID())
-	record(t, row{fault: "hostile input on every route", sent: answered + sentToQueues, stored: 0, lost: sentToQueues - dead,
-		deadLetter: dead, note: fmt.Sprintf("%d RPC requests answered with an error; RSS %d -> %d MiB", answered, before, after)})
+	record(t, row{
+		fault: "hostile input on every route", sent: answered + sentToQueues, stored: 0, lost: sentToQueues - dead,
+		deadLetter: dead, note: fmt.Sprintf("%d RPC requests answered with an error; RSS %d -> %d MiB", answered, before, after),
+	})
 	if dead != sentToQueues {
 		t.Errorf("dead-lettered %d of %d hostile queue messages", dead, sentToQueues)
 	}
