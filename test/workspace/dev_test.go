@@ -420,7 +420,10 @@ func (c *rpcClient) waitFor(t *testing.T, route, want string, within time.Durati
 		select {
 		case err := <-exited:
 			exited <- err
-			return 0, fmt.Errorf("go tool task dev exited (%v) before %s answered %q", err, route, want)
+			if err == nil {
+				err = errors.New("exit status 0")
+			}
+			return 0, fmt.Errorf("go tool task dev exited before %s answered %q: %w", route, want, err)
 		default:
 		}
 		data, err := c.call(route, nil, 500*time.Millisecond)
