@@ -2,20 +2,19 @@ package worker
 
 import (
 	"slices"
-	"sync"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// acker settles the deliveries of one channel from a single goroutine. Ops
+// acker settles the deliveries of one channel from a single goroutine;
+// close ops when no handler of the channel is left, then wait for done. Ops
 // that arrive together and cover a contiguous run of delivery tags from the
 // lowest unsettled one are sent as one multiple ack; anything else is sent
 // one by one, so a slow handler never holds back the acks of others.
 type acker struct {
-	ch       *amqp.Channel
-	ops      chan ackOp
-	handlers sync.WaitGroup // deliveries of this channel still being handled
-	done     chan struct{}
+	ch   *amqp.Channel
+	ops  chan ackOp
+	done chan struct{}
 
 	watermark uint64          // every tag <= watermark is settled
 	settled   map[uint64]bool // settled tags above the watermark
@@ -34,17 +33,6 @@ func newAcker(ch *amqp.Channel, size int) *acker {
 
 func (a *acker) ack(tag uint64)     { a.ops <- ackOp{tag: tag} }
 func (a *acker) requeue(tag uint64) { a.ops <- ackOp{tag: tag, nack: true} }
-
-// closeWhenIdle stops the acker once every handler of its channel is done
-// and their ops are sent; then calls done.
-func (a *acker) closeWhenIdle(done func()) {
-	go func() {
-		a.handlers.Wait()
-		close(a.ops)
-		<-a.done
-		done()
-	}()
-}
 
 func (a *acker) run() {
 	defer close(a.done)

@@ -211,9 +211,16 @@ func BenchmarkRPC(b *testing.B) {
 }
 
 // BenchmarkPublish: persistent messages to a durable queue, each confirmed
-// before the publisher counts it. Raw: one goroutine pipelining with a
-// window of 256 deferred confirms. Worker: 64 goroutines calling Publish.
+// before the publisher counts it, with the same number in flight on both
+// sides. Raw: one goroutine pipelining with a window of deferred confirms.
+// Worker: that many goroutines calling Publish.
 func BenchmarkPublish(b *testing.B) {
+	for _, inflight := range []int{64, 256} {
+		b.Run(fmt.Sprintf("inflight=%d", inflight), func(b *testing.B) { benchPublish(b, inflight) })
+	}
+}
+
+func benchPublish(b *testing.B, inflight int) {
 	requireBroker(b)
 	rawQ, libQ := route(b, "bench-praw"), route(b, "bench-pub")
 	ch := raw(b)
@@ -231,7 +238,7 @@ func BenchmarkPublish(b *testing.B) {
 
 	b.ResetTimer()
 	began := time.Now()
-	window := make([]*amqp.DeferredConfirmation, 0, 256)
+	window := make([]*amqp.DeferredConfirmation, 0, inflight)
 	for range b.N {
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", rawQ, true, false, amqp.Publishing{
 			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body,
@@ -245,7 +252,7 @@ func BenchmarkPublish(b *testing.B) {
 				b.Fatalf("raw publish not confirmed: %v", err)
 			}
 			window = window[1:]
-			window = slices.Clip(append(make([]*amqp.DeferredConfirmation, 0, 256), window...))
+			window = append(make([]*amqp.DeferredConfirmation, 0, inflight), window...)
 		}
 	}
 	for _, dc := range window {
@@ -255,7 +262,7 @@ func BenchmarkPublish(b *testing.B) {
 	}
 	rawRate := float64(b.N) / time.Since(began).Seconds()
 
-	libRate, _, err := phase(b.N, 64, func() error { return c.Publish(ctx, libQ, benchPayload) })
+	libRate, _, err := phase(b.N, inflight, func() error { return c.Publish(ctx, libQ, benchPayload) })
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -264,7 +271,7 @@ func BenchmarkPublish(b *testing.B) {
 }
 
 // BenchmarkConsume: b.N messages waiting in a durable queue, consumed and
-// acked one by one. Raw: one consumer, prefetch 256. Worker: a Queue worker
+// acked. Raw: one consumer acking one by one, same prefetch. Worker: a Queue worker
 // with its default prefetch and a typed handler.
 func BenchmarkConsume(b *testing.B) {
 	requireBroker(b)
@@ -293,7 +300,7 @@ func BenchmarkConsume(b *testing.B) {
 	b.StartTimer()
 
 	cch := raw(b)
-	if err := cch.Qos(256, 0, false); err != nil {
+	if err := cch.Qos(worker.DefaultPrefetch, 0, false); err != nil {
 		b.Fatal(err)
 	}
 	began := time.Now()
@@ -317,7 +324,8 @@ func BenchmarkConsume(b *testing.B) {
 	q.Handle(libQ, worker.Job(func(_ context.Context, m struct {
 		N int    `json:"n"`
 		S string `json:"s"`
-	}) error {
+	},
+	) error {
 		if n.Add(1) == int64(b.N) {
 			close(done)
 		}

@@ -33,8 +33,10 @@ func brokerConfig() worker.Config {
 // use testenv.BrokerURL, which escapes the vhost twice: "/" becomes "%2F".)
 func brokerURL() string {
 	c := brokerConfig()
-	u := url.URL{Scheme: "amqp", User: url.UserPassword(c.User, c.Password),
-		Host: net.JoinHostPort(c.Host, strconv.Itoa(c.Port)), Path: "/" + c.VHost, RawPath: "/" + url.PathEscape(c.VHost)}
+	u := url.URL{
+		Scheme: "amqp", User: url.UserPassword(c.User, c.Password),
+		Host: net.JoinHostPort(c.Host, strconv.Itoa(c.Port)), Path: "/" + c.VHost, RawPath: "/" + url.PathEscape(c.VHost),
+	}
 	return u.String()
 }
 

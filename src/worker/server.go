@@ -66,10 +66,8 @@ type server struct {
 	base       context.Context
 	cancelBase context.CancelFunc // called when Shutdown gives up waiting
 
-	loops    sync.WaitGroup
-	inflight sync.WaitGroup
-	ackers   sync.WaitGroup
-	running  atomic.Int64
+	loops   sync.WaitGroup // consumer loops, which wait for their handlers
+	running atomic.Int64
 
 	dlq *publisher // queue workers only
 }
@@ -160,8 +158,6 @@ func (s *server) shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		s.loops.Wait()
-		s.inflight.Wait()
-		s.ackers.Wait()
 		close(done)
 	}()
 	var err error
@@ -249,18 +245,24 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 		c.mu.Lock()
 		ack := newAcker(c.ch, s.opts.prefetch)
 		c.mu.Unlock()
-		for d := range deliveries {
-			if s.stopping.Load() {
-				ack.requeue(d.DeliveryTag) // let another replica take it now
-				continue
-			}
-			ack.handlers.Add(1)
-			s.inflight.Add(1)
-			s.running.Add(1)
-			go c.serve(ack, d)
+		// One goroutine per prefetch slot takes deliveries straight from
+		// the library: no hand-off in between, and never more handlers
+		// running than deliveries the broker lets us hold.
+		var pool sync.WaitGroup
+		for range s.opts.prefetch {
+			pool.Go(func() {
+				for d := range deliveries {
+					if s.stopping.Load() {
+						ack.requeue(d.DeliveryTag) // let another replica take it now
+						continue
+					}
+					c.serve(ack, &d)
+				}
+			})
 		}
-		s.ackers.Add(1)
-		ack.closeWhenIdle(s.ackers.Done)
+		pool.Wait()
+		close(ack.ops)
+		<-ack.done
 		if s.stopping.Load() {
 			return
 		}
@@ -315,14 +317,13 @@ func (c *consumer) closeChannel() {
 	}
 }
 
-func (c *consumer) serve(ack *acker, d amqp.Delivery) {
-	defer c.s.inflight.Done()
+func (c *consumer) serve(ack *acker, d *amqp.Delivery) {
+	c.s.running.Add(1)
 	defer c.s.running.Add(-1)
-	defer ack.handlers.Done()
 	if c.s.kind == kindRPC {
-		c.serveRPC(ack, &d)
+		c.serveRPC(ack, d)
 	} else {
-		c.serveQueue(ack, &d)
+		c.serveQueue(ack, d)
 	}
 }
 

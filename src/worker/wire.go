@@ -71,20 +71,102 @@ func unwrapData(body []byte, maxDepth int) (json.RawMessage, error) {
 		}
 		return nil, badRequest(`body is JSON but not an object: send {"data": ...}`)
 	}
-	var env struct {
-		Data json.RawMessage `json:"data"` // "null" for null, empty when missing
-	}
-	if err := json.Unmarshal(body, &env); err != nil {
+	if !json.Valid(body) {
+		var v any
+		err := json.Unmarshal(body, &v)
 		var syn *json.SyntaxError
 		if errors.As(err, &syn) {
 			return nil, badRequest("body is not JSON: %v at offset %d", syn, syn.Offset)
 		}
-		return nil, badRequest("body is not a valid envelope: %v", err)
+		return nil, badRequest("body is not JSON: %v", err)
 	}
-	if len(env.Data) == 0 {
+	data := dataMember(trimmed)
+	if data == nil {
 		return nil, badRequest(`body has no "data" member: send {"data": ...}`)
 	}
-	return env.Data, nil
+	return data, nil
+}
+
+// dataMember returns the value of the top-level "data" member of obj, a
+// valid JSON object (the last one when repeated), or nil.
+func dataMember(obj []byte) json.RawMessage {
+	var data json.RawMessage
+	i := skipSpace(obj, 1) // past '{'
+	for i < len(obj) && obj[i] != '}' {
+		keyEnd := skipValue(obj, i)
+		key := obj[i:keyEnd]
+		i = skipSpace(obj, keyEnd)
+		i = skipSpace(obj, i+1) // past ':'
+		valEnd := skipValue(obj, i)
+		if isDataKey(key) {
+			data = obj[i:valEnd]
+		}
+		i = skipSpace(obj, valEnd)
+		if i < len(obj) && obj[i] == ',' {
+			i = skipSpace(obj, i+1)
+		}
+	}
+	return data
+}
+
+// isDataKey reports whether the quoted JSON string key is "data".
+func isDataKey(key []byte) bool {
+	if string(key) == `"data"` {
+		return true
+	}
+	if !bytes.Contains(key, []byte{'\\'}) {
+		return false
+	}
+	var k string
+	return json.Unmarshal(key, &k) == nil && k == "data"
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the end of the valid JSON value starting at b[i].
+func skipValue(b []byte, i int) int {
+	depth, inString, escaped := 0, false, false
+	for ; i < len(b); i++ {
+		c := b[i]
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+				if depth == 0 {
+					return i + 1
+				}
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+			if depth < 0 { // end of the enclosing object
+				return i
+			}
+		case ',', ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return i
 }
 
 func firstInvalidUTF8(b []byte) int {
