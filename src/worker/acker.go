@@ -2,20 +2,27 @@ package worker
 
 import (
 	"slices"
+	"sync"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// acker settles the deliveries of one channel from a single goroutine;
-// close ops when no handler of the channel is left, then wait for done. Ops
-// that arrive together and cover a contiguous run of delivery tags from the
-// lowest unsettled one are sent as one multiple ack; anything else is sent
-// one by one, so a slow handler never holds back the acks of others.
+// acker settles the deliveries of one channel. Handlers hand it their acks;
+// the first to find nobody flushing becomes the flusher and sends, on its
+// own goroutine, everything queued meanwhile: alone, an ack goes out at
+// once; under load, acks that cover a contiguous run of delivery tags from
+// the lowest unsettled one go out as one multiple ack. Anything else is
+// sent one by one, so a slow handler never holds back the acks of others.
+// When a handler's call returns, its ack has been sent.
 type acker struct {
-	ch   *amqp.Channel
-	ops  chan ackOp
-	done chan struct{}
+	ch *amqp.Channel
 
+	mu       sync.Mutex
+	queue    []ackOp
+	spare    []ackOp
+	flushing bool
+
+	// Owned by the flusher.
 	watermark uint64          // every tag <= watermark is settled
 	settled   map[uint64]bool // settled tags above the watermark
 }
@@ -25,46 +32,45 @@ type ackOp struct {
 	nack bool // nack with requeue instead of ack
 }
 
-func newAcker(ch *amqp.Channel, size int) *acker {
-	a := &acker{ch: ch, ops: make(chan ackOp, size), done: make(chan struct{}), settled: map[uint64]bool{}}
-	go a.run()
-	return a
+func newAcker(ch *amqp.Channel) *acker {
+	return &acker{ch: ch, settled: map[uint64]bool{}}
 }
 
-func (a *acker) ack(tag uint64)     { a.ops <- ackOp{tag: tag} }
-func (a *acker) requeue(tag uint64) { a.ops <- ackOp{tag: tag, nack: true} }
+func (a *acker) ack(tag uint64)     { a.add(ackOp{tag: tag}) }
+func (a *acker) requeue(tag uint64) { a.add(ackOp{tag: tag, nack: true}) }
 
-func (a *acker) run() {
-	defer close(a.done)
-	batch := make([]ackOp, 0, 256)
-	for op := range a.ops {
-		batch = append(batch[:0], op)
-	drain:
-		for len(batch) < cap(batch) {
-			select {
-			case op, ok := <-a.ops:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, op)
-			default:
-				break drain
-			}
-		}
-		a.flush(batch)
+func (a *acker) add(op ackOp) {
+	a.mu.Lock()
+	a.queue = append(a.queue, op)
+	if a.flushing {
+		a.mu.Unlock()
+		return
 	}
+	a.flushing = true
+	for len(a.queue) > 0 {
+		batch := a.queue
+		a.queue = a.spare[:0]
+		a.mu.Unlock()
+		a.flush(batch)
+		a.mu.Lock()
+		a.spare = batch
+	}
+	a.flushing = false
+	a.mu.Unlock()
 }
 
 func (a *acker) flush(batch []ackOp) {
-	slices.SortFunc(batch, func(x, y ackOp) int {
-		switch {
-		case x.tag < y.tag:
-			return -1
-		case x.tag > y.tag:
-			return 1
-		}
-		return 0
-	})
+	if len(batch) > 1 {
+		slices.SortFunc(batch, func(x, y ackOp) int {
+			switch {
+			case x.tag < y.tag:
+				return -1
+			case x.tag > y.tag:
+				return 1
+			}
+			return 0
+		})
+	}
 	first, last := batch[0].tag, batch[len(batch)-1].tag
 	contiguous := len(batch) > 1 && first == a.watermark+1 && last-first == uint64(len(batch)-1)
 	for _, op := range batch {

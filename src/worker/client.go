@@ -121,7 +121,9 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
 		if err != nil {
 			return err
 		}
-		if resp != nil {
+		if raw, ok := resp.(*json.RawMessage); ok {
+			*raw = append((*raw)[:0], data...)
+		} else if resp != nil {
 			if err := json.Unmarshal(data, resp); err != nil {
 				return fmt.Errorf("call %q: reply data does not decode into %T: %w", route, resp, err)
 			}

@@ -73,6 +73,10 @@ func Job[Msg any](f func(ctx context.Context, msg Msg) error) Handler {
 // decodeData decodes request data into v, describing a mismatch in terms
 // the caller can act on.
 func decodeData(data json.RawMessage, v any) error {
+	if raw, ok := v.(*json.RawMessage); ok { // already validated
+		*raw = data
+		return nil
+	}
 	if err := json.Unmarshal(data, v); err != nil {
 		if te, ok := err.(*json.UnmarshalTypeError); ok {
 			where := "data"

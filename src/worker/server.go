@@ -243,7 +243,7 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 	defer s.loops.Done()
 	for {
 		c.mu.Lock()
-		ack := newAcker(c.ch, s.opts.prefetch)
+		ack := newAcker(c.ch)
 		c.mu.Unlock()
 		// One goroutine per prefetch slot takes deliveries straight from
 		// the library: no hand-off in between, and never more handlers
@@ -261,8 +261,6 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 			})
 		}
 		pool.Wait()
-		close(ack.ops)
-		<-ack.done
 		if s.stopping.Load() {
 			return
 		}

@@ -80,16 +80,16 @@ func unwrapData(body []byte, maxDepth int) (json.RawMessage, error) {
 		}
 		return nil, badRequest("body is not JSON: %v", err)
 	}
-	data := dataMember(trimmed)
+	data := member(trimmed, "data")
 	if data == nil {
 		return nil, badRequest(`body has no "data" member: send {"data": ...}`)
 	}
 	return data, nil
 }
 
-// dataMember returns the value of the top-level "data" member of obj, a
-// valid JSON object (the last one when repeated), or nil.
-func dataMember(obj []byte) json.RawMessage {
+// member returns the value of the top-level member name of obj, a valid
+// JSON object (the last one when repeated), or nil.
+func member(obj []byte, name string) json.RawMessage {
 	var data json.RawMessage
 	i := skipSpace(obj, 1) // past '{'
 	for i < len(obj) && obj[i] != '}' {
@@ -98,7 +98,7 @@ func dataMember(obj []byte) json.RawMessage {
 		i = skipSpace(obj, keyEnd)
 		i = skipSpace(obj, i+1) // past ':'
 		valEnd := skipValue(obj, i)
-		if isDataKey(key) {
+		if isKey(key, name) {
 			data = obj[i:valEnd]
 		}
 		i = skipSpace(obj, valEnd)
@@ -109,16 +109,16 @@ func dataMember(obj []byte) json.RawMessage {
 	return data
 }
 
-// isDataKey reports whether the quoted JSON string key is "data".
-func isDataKey(key []byte) bool {
-	if string(key) == `"data"` {
+// isKey reports whether the quoted JSON string key is name.
+func isKey(key []byte, name string) bool {
+	if len(key) == len(name)+2 && string(key[1:len(key)-1]) == name {
 		return true
 	}
 	if !bytes.Contains(key, []byte{'\\'}) {
 		return false
 	}
 	var k string
-	return json.Unmarshal(key, &k) == nil && k == "data"
+	return json.Unmarshal(key, &k) == nil && k == name
 }
 
 func skipSpace(b []byte, i int) int {
@@ -269,11 +269,10 @@ type wireError struct {
 	Trace   string `json:"trace,omitempty"`
 }
 
-// reply is a reply body as it travels.
-type reply struct {
-	Success bool            `json:"success"`
-	Data    json.RawMessage `json:"data,omitempty"`
-	Error   *wireError      `json:"error,omitempty"`
+// failure is a failure reply body as it travels.
+type failure struct {
+	Success bool      `json:"success"` // always false
+	Error   wireError `json:"error"`
 }
 
 // encodeSuccess builds {"success": true, "data": data}; data must be JSON.
@@ -289,7 +288,7 @@ func encodeSuccess(data []byte) []byte {
 
 // encodeFailure builds {"success": false, "error": {...}}.
 func encodeFailure(e wireError) []byte {
-	b, err := json.Marshal(reply{Error: &e})
+	b, err := json.Marshal(failure{Error: e})
 	if err != nil { // strings only: cannot happen, but never send nothing
 		return []byte(`{"success":false,"error":{"type":"Error","message":"unencodable error"}}`)
 	}
@@ -305,15 +304,20 @@ func decodeReply(route string, body []byte, lim limits) (json.RawMessage, error)
 			return nil, fmt.Errorf("reply from route %q: %w", route, err)
 		}
 	}
-	var r reply
-	if err := json.Unmarshal(body, &r); err != nil {
-		return nil, fmt.Errorf("reply from route %q is not a JSON envelope: %w", route, err)
+	obj := bytes.TrimLeft(body, " \t\r\n")
+	if !json.Valid(obj) || len(obj) == 0 || obj[0] != '{' {
+		return nil, fmt.Errorf("reply from route %q is not a JSON envelope: %.100q", route, body)
 	}
-	if !r.Success {
-		if r.Error == nil {
-			return nil, &RemoteError{Route: route, Type: TypeError, Message: "failure reply without an error member"}
+	if string(member(obj, "success")) == "true" {
+		data := member(obj, "data")
+		if data == nil {
+			data = json.RawMessage("null")
 		}
-		return nil, &RemoteError{Route: route, Type: r.Error.Type, Message: r.Error.Message, GoType: r.Error.GoType, Trace: r.Error.Trace}
+		return data, nil
 	}
-	return r.Data, nil
+	var we wireError
+	if e := member(obj, "error"); e == nil || json.Unmarshal(e, &we) != nil {
+		return nil, &RemoteError{Route: route, Type: TypeError, Message: "failure reply without a valid error member"}
+	}
+	return nil, &RemoteError{Route: route, Type: we.Type, Message: we.Message, GoType: we.GoType, Trace: we.Trace}
 }
