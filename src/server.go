@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -197,23 +198,26 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 // healthcheck answers whether RabbitMQ and PostgreSQL can be reached, for a
-// container's HEALTHCHECK in an image without a shell. It prints one line
-// naming what is unreachable and returns the exit code.
+// container's HEALTHCHECK in an image without a shell. It tries both at once
+// for up to 3 s each, prints one line, and returns the exit code.
 func healthcheck(cfg config) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	var errs []error
-	if database, err := db.Open(ctx, cfg.Database); err != nil {
-		errs = append(errs, err)
-	} else {
-		_ = database.Close()
+	slog.SetDefault(slog.New(slog.DiscardHandler)) // no retry chatter: the verdict is the output
+	probe := func(connect func(context.Context) (io.Closer, error)) <-chan error {
+		result := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			c, err := connect(ctx)
+			if err == nil {
+				_ = c.Close()
+			}
+			result <- err
+		}()
+		return result
 	}
-	if broker, err := worker.Dial(ctx, cfg.Broker, worker.WithLogger(slog.New(slog.DiscardHandler))); err != nil {
-		errs = append(errs, err)
-	} else {
-		_ = broker.Close()
-	}
-	if err := errors.Join(errs...); err != nil {
+	database := probe(func(ctx context.Context) (io.Closer, error) { return db.Open(ctx, cfg.Database) })
+	broker := probe(func(ctx context.Context) (io.Closer, error) { return worker.Dial(ctx, cfg.Broker) })
+	if err := errors.Join(<-broker, <-database); err != nil {
 		fmt.Fprintln(os.Stderr, "unhealthy:", err)
 		return 1
 	}
