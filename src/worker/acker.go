@@ -1,6 +1,8 @@
 package worker
 
 import (
+	"context"
+	"log/slog"
 	"slices"
 	"sync"
 
@@ -15,7 +17,8 @@ import (
 // sent one by one, so a slow handler never holds back the acks of others.
 // When a handler's call returns, its ack has been sent.
 type acker struct {
-	ch *amqp.Channel
+	ch  *amqp.Channel
+	log *slog.Logger
 
 	mu       sync.Mutex
 	queue    []ackOp
@@ -28,15 +31,25 @@ type acker struct {
 }
 
 type ackOp struct {
-	tag  uint64
-	nack bool // nack with requeue instead of ack
+	tag     uint64
+	nack    bool             // nack with requeue instead of ack
+	skip    bool             // reply failed: leave unsettled
+	replyTo string           // when set, publish reply there before acking
+	reply   *amqp.Publishing // the reply
 }
 
-func newAcker(ch *amqp.Channel) *acker {
-	return &acker{ch: ch, settled: map[uint64]bool{}}
+func newAcker(ch *amqp.Channel, log *slog.Logger) *acker {
+	return &acker{ch: ch, log: log, settled: map[uint64]bool{}}
 }
 
-func (a *acker) ack(tag uint64)     { a.add(ackOp{tag: tag}) }
+func (a *acker) ack(tag uint64) { a.add(ackOp{tag: tag}) }
+
+// replyAndAck publishes reply to replyTo, then acks tag; when the reply
+// cannot be published the delivery is left unacked (the channel is gone and
+// the broker redelivers it).
+func (a *acker) replyAndAck(tag uint64, replyTo string, reply *amqp.Publishing) {
+	a.add(ackOp{tag: tag, replyTo: replyTo, reply: reply})
+}
 func (a *acker) requeue(tag uint64) { a.add(ackOp{tag: tag, nack: true}) }
 
 func (a *acker) add(op ackOp) {
@@ -60,6 +73,18 @@ func (a *acker) add(op ackOp) {
 }
 
 func (a *acker) flush(batch []ackOp) {
+	// Replies first: a request is acked only after its reply went out.
+	for i := range batch {
+		op := &batch[i]
+		if op.reply == nil {
+			continue
+		}
+		if err := a.ch.PublishWithContext(context.Background(), "", op.replyTo, false, false, *op.reply); err != nil {
+			a.log.Warn("cannot send reply; the request will be redelivered", "reply_to", op.replyTo, "err", err)
+			op.skip = true
+		}
+		op.reply = nil
+	}
 	if len(batch) > 1 {
 		slices.SortFunc(batch, func(x, y ackOp) int {
 			switch {
@@ -74,7 +99,7 @@ func (a *acker) flush(batch []ackOp) {
 	first, last := batch[0].tag, batch[len(batch)-1].tag
 	contiguous := len(batch) > 1 && first == a.watermark+1 && last-first == uint64(len(batch)-1)
 	for _, op := range batch {
-		if op.nack {
+		if op.nack || op.skip {
 			contiguous = false
 		}
 	}
@@ -84,9 +109,12 @@ func (a *acker) flush(batch []ackOp) {
 		a.watermark = last
 	} else {
 		for _, op := range batch {
-			if op.nack {
+			switch {
+			case op.skip:
+				continue
+			case op.nack:
 				_ = a.ch.Nack(op.tag, false, true)
-			} else {
+			default:
 				_ = a.ch.Ack(op.tag, false)
 			}
 			a.settled[op.tag] = true

@@ -243,7 +243,7 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 	defer s.loops.Done()
 	for {
 		c.mu.Lock()
-		ack := newAcker(c.ch)
+		ack := newAcker(c.ch, s.opts.logger)
 		c.mu.Unlock()
 		// One goroutine per prefetch slot takes deliveries straight from
 		// the library: no hand-off in between, and never more handlers
@@ -367,16 +367,12 @@ func (c *consumer) serveRPC(ack *acker, d *amqp.Delivery) {
 		if gz {
 			body, ct = gzipBytes(body), ContentGzip
 		}
-		perr := ack.ch.PublishWithContext(context.Background(), "", d.ReplyTo, false, false, amqp.Publishing{
+		ack.replyAndAck(d.DeliveryTag, d.ReplyTo, &amqp.Publishing{
 			ContentType:   ct,
 			CorrelationId: d.CorrelationId,
 			Body:          body,
 		})
-		if perr != nil {
-			// The channel is gone: the request is redelivered to a live consumer.
-			s.opts.logger.Warn("cannot send reply; the request will be redelivered", "route", c.route, "err", perr)
-			return
-		}
+		return
 	}
 	ack.ack(d.DeliveryTag)
 }
