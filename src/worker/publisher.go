@@ -21,7 +21,8 @@ type publisher struct {
 	logger *slog.Logger
 	prefix string
 
-	ids atomic.Uint64
+	ids  atomic.Uint64
+	live atomic.Pointer[pubSession] // fast path: the current session
 
 	mu     sync.Mutex
 	sess   *pubSession
@@ -50,6 +51,13 @@ func newPublisher(conn *Conn, logger *slog.Logger) *publisher {
 
 // session returns the live session, opening one when needed.
 func (p *publisher) session(ctx context.Context) (*pubSession, error) {
+	if s := p.live.Load(); s != nil {
+		select {
+		case <-s.dead:
+		default:
+			return s, nil
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -85,6 +93,7 @@ func (p *publisher) session(ctx context.Context) (*pubSession, error) {
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	go s.listen(confirms, returns, closes)
 	p.sess = s
+	p.live.Store(s)
 	return s, nil
 }
 
@@ -223,6 +232,7 @@ func (s *pubSession) forget(seq uint64) {
 func (p *publisher) close() {
 	p.mu.Lock()
 	p.closed = true
+	p.live.Store(nil)
 	s := p.sess
 	p.mu.Unlock()
 	if s != nil {

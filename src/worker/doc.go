@@ -1,0 +1,68 @@
+// Package worker runs AMQP 0-9-1 (RabbitMQ) request/reply and work-queue
+// workers and a client that calls and publishes to them. It is the Go
+// successor of the Python seed's amqp worker and speaks its wire format, so
+// gateways written for the seed keep working.
+//
+// # Wire format
+//
+// A route's name is its queue's name; messages go through the default
+// exchange. A request body is {"data": <payload>} as application/json, or
+// the same JSON gzip-compressed (recognised by its magic bytes, whatever the
+// content type; the seed's clients send application/octet-stream), which is
+// then answered gzip-compressed. A reply goes to the request's reply_to with
+// its correlation_id: {"success": true, "data": ...} or {"success": false,
+// "error": {"type": "...", "message": "..."}}; with [WithDevelopment] the
+// error also carries "go_type" and "trace". RPC route queues are not durable
+// (as in the seed); queue routes are durable and their messages persistent.
+//
+// # Routes
+//
+// Routes are registered like net/http handlers, with adapters for typed
+// functions:
+//
+//	rpc := worker.NewRPC(conn)
+//	rpc.Handle("items.get", worker.Func(items.Get))    // func(ctx, Req) (Resp, error)
+//	queue := worker.NewQueue(conn)
+//	queue.Handle("emails", worker.Job(emails.Send))    // func(ctx, Msg) error
+//	rpc.HandleFunc("raw", func(ctx context.Context, r *worker.Request) ([]byte, error) { ... })
+//
+// A handler error's reply type comes from the first error in its chain
+// implementing [Typed] (ErrorType() string), else "BadRequest" for
+// [ErrBadRequest], else "Error". [Errorf] makes a typed error in one line.
+//
+// # Guarantees
+//
+//   - A delivery is acked only after its handler returned and (RPC) its reply
+//     was published; a worker that dies mid-handler leaves it to another.
+//   - Up to the prefetch ([WithPrefetch], default 200) deliveries per route
+//     are handled at once; replicas of a service share each route's queue.
+//   - Bad input never crashes a worker: RPC answers BadRequest, a queue
+//     message goes to "<route>.dlq". Handler panics are recovered.
+//   - Queue handler failures are retried with backoff ([WithRetry]), then
+//     dead-lettered with the error in headers, publisher-confirmed, then
+//     acked: nothing is dropped, nothing loops forever.
+//   - The caller's deadline travels with a request (expiration and
+//     [HeaderDeadline]); a worker does not start a request whose caller gave
+//     up, and the handler's ctx carries the deadline.
+//   - [Client.Call] uses direct reply-to; a route without a queue fails at
+//     once with [ErrNoRoute]. [Client.Publish] returns once the broker
+//     confirmed the message; concurrent publishes pipeline their confirms.
+//   - [Conn] reconnects after a dropped connection or broker restart, and
+//     workers and clients reopen their channels, redeclare their queues and
+//     resume consuming.
+//   - Shutdown stops consuming, lets running handlers finish and send their
+//     replies and acks until its ctx ends, then closes.
+//
+// # Best practices
+//
+//   - One [Conn] per process, shared by all workers and clients.
+//   - Call Start on each worker, and Shutdown in reverse order before
+//     Conn.Close.
+//   - Give every Call a ctx with a deadline.
+//   - Queue handlers run at least once: make them idempotent (a message can
+//     be redelivered after a crash or a reconnect).
+//   - Nothing is logged per message above debug level; dead letters log at
+//     warn, panics at error.
+//
+// Benchmarks next to raw amqp091-go baselines are in README.md.
+package worker
