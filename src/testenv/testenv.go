@@ -42,13 +42,16 @@ func BrokerAddr() string {
 	return net.JoinHostPort(Env("BROKER_HOST", "127.0.0.1"), Env("BROKER_PORT", "5672"))
 }
 
-// BrokerURL is the amqp:// URL of the broker, with credentials and vhost.
+// BrokerURL is the amqp:// URL of the broker, with credentials and vhost
+// (the default vhost "/" is written %2F, as AMQP URLs want).
 func BrokerURL() string {
+	vhost := Env("BROKER_VHOST", "/")
 	u := url.URL{
-		Scheme: "amqp",
-		User:   url.UserPassword(Env("BROKER_USER", "guest"), Env("BROKER_PASS", "guest")),
-		Host:   BrokerAddr(),
-		Path:   "/" + url.PathEscape(Env("BROKER_VHOST", "/")),
+		Scheme:  "amqp",
+		User:    url.UserPassword(Env("BROKER_USER", "guest"), Env("BROKER_PASS", "guest")),
+		Host:    BrokerAddr(),
+		Path:    "/" + vhost,
+		RawPath: "/" + url.PathEscape(vhost),
 	}
 	return u.String()
 }

@@ -15,7 +15,8 @@ var (
 	// ErrBadRequest marks an error as the caller's fault: its reply type is
 	// "BadRequest", and a queue worker dead-letters the message at once
 	// instead of retrying. Wrap it: fmt.Errorf("item %q: %w", id, worker.ErrBadRequest).
-	// A [RemoteError] of type "BadRequest" matches it with errors.Is.
+	// Any error whose [Typed] type is "BadRequest" is treated the same way,
+	// and a [RemoteError] of type "BadRequest" matches it with errors.Is.
 	ErrBadRequest = errors.New("bad request")
 
 	// ErrNoRoute is returned by Call and Publish when no queue exists for

@@ -13,7 +13,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"example.com/service/src/internal/testenv"
+	"example.com/service/src/testenv"
 	"example.com/service/src/worker"
 )
 

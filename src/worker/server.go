@@ -437,7 +437,7 @@ func (c *consumer) serveQueue(ack *acker, d *amqp.Delivery) {
 			ack.ack(d.DeliveryTag)
 			return
 		}
-		if errors.Is(err, ErrBadRequest) || attempt >= s.opts.retry.Attempts {
+		if errorType(err) == TypeBadRequest || attempt >= s.opts.retry.Attempts {
 			c.deadLetter(ack, d, err, attempt)
 			return
 		}
