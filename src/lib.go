@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/google/uuid"
+
 	"example.com/service/src/models"
 )
 
@@ -74,7 +76,7 @@ func (n newItem) toItem() (models.ExampleItem, error) {
 
 // itemChanges is the data of example-item.update.
 type itemChanges struct {
-	ID      string         `json:"id"`
+	ID      uuid.UUID      `json:"id"`
 	Changes map[string]any `json:"changes"`
 }
 
@@ -82,14 +84,19 @@ type itemChanges struct {
 // change the key. Unknown columns are refused by the model itself.
 func (c itemChanges) check() error {
 	switch {
-	case c.ID == "":
+	case c.ID == uuid.Nil:
 		return badRequest(`example-item.update needs {"id": "<uuid>", "changes": {...}}; "id" is missing`)
 	case len(c.Changes) == 0:
 		return badRequest("example-item.update of %s: \"changes\" is empty, nothing to update", c.ID)
-	case c.Changes["id"] != nil:
+	case hasKey(c.Changes, "id"):
 		return badRequest("example-item.update of %s: the id cannot be changed", c.ID)
 	}
 	return nil
+}
+
+func hasKey(m map[string]any, key string) bool {
+	_, ok := m[key]
+	return ok
 }
 
 // wantString is the rule of example-items: a string to match is required.

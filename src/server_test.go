@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+func TestLoadConfigDefaults(t *testing.T) {
+	for _, key := range []string{"MODE", "BROKER_HOST", "BROKER_PORT", "BROKER_URL", "DB_HOST", "DB_PORT", "DB_NAME", "DB_URL", "START_TIMEOUT", "DRAIN_TIMEOUT"} {
+		t.Setenv(key, "")
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Mode != "development" || cfg.StartTimeout != 30*time.Second || cfg.DrainTimeout != 10*time.Second {
+		t.Errorf("defaults: mode %q, start %s, drain %s", cfg.Mode, cfg.StartTimeout, cfg.DrainTimeout)
+	}
+	if cfg.Broker.Host != "localhost" || cfg.Broker.Port != 5672 || cfg.Database.Port != 5432 {
+		t.Errorf("defaults: broker %s:%d, database port %d", cfg.Broker.Host, cfg.Broker.Port, cfg.Database.Port)
+	}
+}
+
+// Every invalid variable is named at once, so one restart fixes them all.
+func TestLoadConfigNamesEveryInvalidVariable(t *testing.T) {
+	t.Setenv("MODE", "staging")
+	t.Setenv("BROKER_PORT", "amqp")
+	t.Setenv("DB_PORT", "0")
+	t.Setenv("START_TIMEOUT", "-1s")
+	t.Setenv("DRAIN_TIMEOUT", "soon")
+	_, err := loadConfig()
+	if err == nil {
+		t.Fatal("invalid configuration accepted")
+	}
+	for _, want := range []string{`MODE="staging"`, `BROKER_PORT="amqp"`, `DB_PORT="0"`, `START_TIMEOUT="-1s"`, `DRAIN_TIMEOUT="soon"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+}
+
+func TestProductionMode(t *testing.T) {
+	t.Setenv("MODE", "production")
+	cfg, err := loadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.development() {
+		t.Error("MODE=production is treated as development")
+	}
+}
+
+func TestTookForever(t *testing.T) {
+	start := time.Now()
+	got, err := tookForever(context.Background(), "foo")
+	if err != nil || got != "foo that took forever" {
+		t.Fatalf("tookForever = %q, %v", got, err)
+	}
+	if took := time.Since(start); took < 900*time.Millisecond {
+		t.Errorf("returned after %s, want about a second", took)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := tookForever(ctx, "foo"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("with an expired caller: %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestAddBarLeavesItsInputAlone(t *testing.T) {
+	in := map[string]any{"foo": 1.0}
+	out, err := addBar(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out["bar"] != "baz" || out["foo"] != 1.0 || len(in) != 1 {
+		t.Errorf("addBar(%v) = %v", in, out)
+	}
+	if _, err := addBar(context.Background(), nil); errorType(err) != "BadRequest" {
+		t.Errorf("addBar(nil) = %v, want a BadRequest", err)
+	}
+}
+
+func TestNewItemRules(t *testing.T) {
+	for _, tc := range []struct {
+		json, wantErr string
+	}{
+		{`{"string": "ok", "integer": 3, "json": {"a": 1}}`, ""},
+		{`{"string": ""}`, ""},
+		{`{"integer": 3}`, `"string" is missing`},
+		{`{"string": "` + strings.Repeat("é", 256) + `"}`, "256 characters, at most 255"},
+	} {
+		var in newItem
+		if err := json.Unmarshal([]byte(tc.json), &in); err != nil {
+			t.Fatal(err)
+		}
+		item, err := in.toItem()
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%s: %v", tc.json, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || errorType(err) != "BadRequest"):
+			t.Errorf("%s: error %v, want a BadRequest saying %q", tc.json, err, tc.wantErr)
+		case tc.wantErr == "" && in.String != nil && item.String != *in.String:
+			t.Errorf("%s: item %+v", tc.json, item)
+		}
+	}
+}
+
+func TestItemChangesRules(t *testing.T) {
+	id := uuid.New()
+	for _, tc := range []struct {
+		in      itemChanges
+		wantErr string
+	}{
+		{itemChanges{ID: id, Changes: map[string]any{"integer": 1}}, ""},
+		{itemChanges{Changes: map[string]any{"integer": 1}}, `"id" is missing`},
+		{itemChanges{ID: id}, "nothing to update"},
+		{itemChanges{ID: id, Changes: map[string]any{"id": nil}}, "cannot be changed"},
+	} {
+		err := tc.in.check()
+		if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("check(%+v) = %v, want %q", tc.in, err, tc.wantErr)
+		}
+	}
+	if _, err := wantString(nil); err == nil || errorType(err) != "BadRequest" {
+		t.Errorf("wantString(nil) = %v, want a BadRequest", err)
+	}
+}
+
+// errorType reads the reply type an error would get, as the worker library does.
+func errorType(err error) string {
+	var typed interface{ ErrorType() string }
+	if errors.As(err, &typed) {
+		return typed.ErrorType()
+	}
+	return ""
+}
