@@ -23,15 +23,6 @@ import (
 
 var benchPayload = json.RawMessage(`{"n":1,"s":"hello"}`)
 
-// phase runs op n times on conc goroutines and returns ops/s and p99.
-func phase(n, conc int, op func() error) (rate float64, p99 time.Duration, err error) {
-	lat, took, err := run(n, conc, op)
-	if err != nil {
-		return 0, 0, err
-	}
-	return float64(n) / took.Seconds(), percentile(lat, 99), nil
-}
-
 // run runs op n times on conc goroutines; it returns each op's latency and
 // the wall time.
 func run(n, conc int, op func() error) ([]time.Duration, time.Duration, error) {
@@ -241,7 +232,7 @@ func benchPublish(b *testing.B, inflight int) {
 		window := make([]*amqp.DeferredConfirmation, 0, k)
 		wait := func(dc *amqp.DeferredConfirmation) error {
 			if ok, err := dc.WaitContext(ctx); !ok || err != nil {
-				return fmt.Errorf("raw publish not confirmed: %v", err)
+				return fmt.Errorf("raw publish not confirmed: %w", err)
 			}
 			return nil
 		}

@@ -49,8 +49,10 @@ func Errorf(typ, format string, args ...any) error {
 	return &Error{Type: typ, Err: fmt.Errorf(format, args...)}
 }
 
-func (e *Error) Error() string     { return e.Err.Error() }
-func (e *Error) Unwrap() error     { return e.Err }
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// ErrorType returns the reply type the error was created with.
 func (e *Error) ErrorType() string { return e.Type }
 
 // errorType names err on the wire.

@@ -66,10 +66,11 @@ func Example() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	dialCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
 	conn, err := worker.Dial(dialCtx, cfg, worker.WithName("example-service"))
+	cancel()
 	if err != nil {
-		log.Fatal(err) // cannot reach RabbitMQ at localhost:5672 as guest: connection refused
+		log.Print(err) // cannot reach RabbitMQ at localhost:5672 as guest: connection refused
+		return
 	}
 	defer conn.Close()
 
@@ -84,7 +85,8 @@ func Example() {
 	}))
 	for _, w := range []interface{ Start(context.Context) error }{rpc, queue} {
 		if err := w.Start(ctx); err != nil {
-			log.Fatal(err)
+			log.Print(err)
+			return
 		}
 	}
 

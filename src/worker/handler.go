@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -78,7 +79,8 @@ func decodeData(data json.RawMessage, v any) error {
 		return nil
 	}
 	if err := json.Unmarshal(data, v); err != nil {
-		if te, ok := err.(*json.UnmarshalTypeError); ok {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
 			where := "data"
 			if te.Field != "" {
 				where = "data." + te.Field

@@ -381,8 +381,9 @@ func (c *consumer) serveRPC(ack *acker, d *amqp.Delivery) {
 func (c *consumer) call(ctx context.Context, req *Request) (out []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = &panicError{route: c.route, value: r, stack: debug.Stack()}
-			c.s.opts.logger.Error("handler panicked", "route", c.route, "panic", r, "stack", string(err.(*panicError).stack))
+			pe := &panicError{route: c.route, value: r, stack: debug.Stack()}
+			c.s.opts.logger.Error("handler panicked", "route", c.route, "panic", r, "stack", string(pe.stack))
+			err = pe
 		}
 	}()
 	out, err = c.h.Serve(ctx, req)
@@ -405,7 +406,8 @@ func (e *panicError) Error() string {
 func (c *consumer) wireError(err error) wireError {
 	we := wireError{Type: errorType(err), Message: err.Error()}
 	if c.s.opts.development {
-		if pe, ok := err.(*panicError); ok {
+		var pe *panicError
+		if errors.As(err, &pe) {
 			we.GoType = fmt.Sprintf("panic(%T)", pe.value)
 			we.Trace = string(pe.stack)
 		} else {
