@@ -101,10 +101,12 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
 			break
 		}
 		s.forget(id)
-		if !s.ch.IsClosed() || ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return fmt.Errorf("call %q: send request: %w", route, err)
 		}
-		// The channel died before the request left: send it on a new one.
+		// The write failed, so the channel or its connection is going away
+		// (the library may not have noticed yet) and the request never
+		// left: send it on a new channel once this one is gone.
 		select {
 		case <-s.dead:
 		case <-ctx.Done():

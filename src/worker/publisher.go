@@ -183,7 +183,10 @@ func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishi
 		s.pubMu.Unlock()
 		if err != nil {
 			s.forget(seq)
-			if s.ch.IsClosed() && ctx.Err() == nil {
+			// A failed write means the channel or its connection is going
+			// away, though the library may not have noticed yet: wait for
+			// the session to die, then publish on the reconnected one.
+			if ctx.Err() == nil {
 				select {
 				case <-s.dead:
 					continue
