@@ -34,8 +34,12 @@ type Client struct {
 }
 
 type callSession struct {
-	ch      *amqp.Channel
-	dead    chan struct{}
+	ch *amqp.Channel
+	// replies is read by the callers waiting for a reply (see Call). A
+	// reply that arrives after its caller gave up waits in amqp091-go's
+	// delivery buffer until the next Call reads and drops it.
+	replies <-chan amqp.Delivery
+	dead    chan struct{} // closed once the channel is gone
 	mu      sync.Mutex
 	pending map[string]chan callResult
 }
@@ -114,28 +118,49 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
 		}
 	}
 	defer s.forget(id)
-	select {
-	case r := <-done:
-		if r.returned != nil {
-			return fmt.Errorf("call %q: %w: no queue named %q (is its worker running?)", route, ErrNoRoute, route)
-		}
-		data, err := decodeReply(route, r.body, c.lim)
-		if err != nil {
-			return err
-		}
-		if raw, ok := resp.(*json.RawMessage); ok {
-			*raw = append((*raw)[:0], data...)
-		} else if resp != nil {
-			if err := json.Unmarshal(data, resp); err != nil {
-				return fmt.Errorf("call %q: reply data does not decode into %T: %w", route, resp, err)
+	// The caller reads the reply channel itself instead of waiting for a
+	// listener goroutine to pass its reply on: alone, it gets its reply
+	// with one goroutine hand-off less; with others waiting, whoever
+	// receives a reply hands it to its caller through pending.
+	replies := s.replies
+	for {
+		select {
+		case r := <-done:
+			return c.result(route, r, resp)
+		case d, ok := <-replies:
+			if !ok {
+				replies = nil // the channel is gone; dead follows
+				continue
 			}
+			if d.CorrelationId == id {
+				return c.result(route, callResult{body: d.Body}, resp)
+			}
+			s.deliver(d.CorrelationId, callResult{body: d.Body})
+		case <-s.dead:
+			return fmt.Errorf("call %q: %w", route, ErrConnectionLost)
+		case <-ctx.Done():
+			return fmt.Errorf("call %q: no reply: %w", route, ctx.Err())
 		}
-		return nil
-	case <-s.dead:
-		return fmt.Errorf("call %q: %w", route, ErrConnectionLost)
-	case <-ctx.Done():
-		return fmt.Errorf("call %q: no reply: %w", route, ctx.Err())
 	}
+}
+
+// result turns the outcome of a call into Call's return value.
+func (c *Client) result(route string, r callResult, resp any) error {
+	if r.returned != nil {
+		return fmt.Errorf("call %q: %w: no queue named %q (is its worker running?)", route, ErrNoRoute, route)
+	}
+	data, err := decodeReply(route, r.body, c.lim)
+	if err != nil {
+		return err
+	}
+	if raw, ok := resp.(*json.RawMessage); ok {
+		*raw = append((*raw)[:0], data...)
+	} else if resp != nil {
+		if err := json.Unmarshal(data, resp); err != nil {
+			return fmt.Errorf("call %q: reply data does not decode into %T: %w", route, resp, err)
+		}
+	}
+	return nil
 }
 
 // Publish sends msg as a persistent {"data": msg} to the queue route and
@@ -194,24 +219,20 @@ func (c *Client) session(ctx context.Context) (*callSession, error) {
 		_ = ch.Close()
 		return nil, fmt.Errorf("consume direct reply-to: %w", err)
 	}
-	s := &callSession{ch: ch, dead: make(chan struct{}), pending: map[string]chan callResult{}}
+	s := &callSession{ch: ch, replies: replies, dead: make(chan struct{}), pending: map[string]chan callResult{}}
 	returns := ch.NotifyReturn(make(chan amqp.Return, 16))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
-	go s.listen(replies, returns, closes)
+	go s.listen(returns, closes)
 	c.sess = s
 	return s, nil
 }
 
-func (s *callSession) listen(replies <-chan amqp.Delivery, returns chan amqp.Return, closes chan *amqp.Error) {
+// listen passes returned (unroutable) requests to their callers and closes
+// dead once the channel is gone.
+func (s *callSession) listen(returns chan amqp.Return, closes chan *amqp.Error) {
 	defer close(s.dead)
-	for replies != nil || returns != nil || closes != nil {
+	for returns != nil || closes != nil {
 		select {
-		case d, ok := <-replies:
-			if !ok {
-				replies = nil
-				continue
-			}
-			s.deliver(d.CorrelationId, callResult{body: d.Body})
 		case r, ok := <-returns:
 			if !ok {
 				returns = nil
