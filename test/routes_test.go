@@ -282,27 +282,10 @@ func waitForItems(t *testing.T, client *worker.Client, s string, n int) {
 	t.Fatalf("want %d items with string %q, have %d", n, s, len(items))
 }
 
-// rawChannel opens a plain amqp091-go channel on env's vhost.
-func rawChannel(t *testing.T, env stack.Env) *amqp.Channel {
-	t.Helper()
-	cfg := env.Broker()
-	uri := amqp.URI{Scheme: "amqp", Host: cfg.Host, Port: cfg.Port, Username: cfg.User, Password: cfg.Password, Vhost: cfg.VHost}
-	conn, err := amqp.Dial(uri.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ch
-}
-
 // waitForEmpty waits until queue has no ready and no unacked messages.
 func waitForEmpty(t *testing.T, env stack.Env, queue string) {
 	t.Helper()
-	ch := rawChannel(t, env)
+	ch := env.Channel(t)
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 		if err != nil {
@@ -320,7 +303,7 @@ func waitForEmpty(t *testing.T, env stack.Env, queue string) {
 // read is acked: the test's vhost is its own.
 func waitForDeadLetter(t *testing.T, env stack.Env, route, marker string) amqp.Delivery {
 	t.Helper()
-	ch := rawChannel(t, env)
+	ch := env.Channel(t)
 	var seen []string
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
 		d, ok, err := ch.Get(route+".dlq", false)

@@ -68,7 +68,7 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 	const n = 20000
 	confirmed := publishTagged(t, client, tag, n, 16, n/3, func() { restartBroker(t, 2*time.Second) })
 	rows, distinct := waitStored(t, db, tag, confirmed, 60*time.Second)
-	dead := drainDeadLetters(t, env, "example-item.store")
+	dead := drainDeadLetters(t, env.Channel(t), "example-item.store")
 	lost := confirmed - distinct - len(dead)
 	record(t, row{
 		fault: "RabbitMQ restart while consuming", sent: confirmed, stored: distinct, lost: lost,
@@ -142,7 +142,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 
 	sent := int(published.Load())
 	rows, distinct := waitStored(t, database(t, env), tag+"-q-", sent, 30*time.Second)
-	dead := drainDeadLetters(t, env, "example-item.store")
+	dead := drainDeadLetters(t, env.Channel(t), "example-item.store")
 	lost := sent - distinct - len(dead)
 	record(t, row{
 		fault: "PostgreSQL restart under load", sent: sent, stored: distinct, lost: lost,
@@ -211,7 +211,7 @@ func TestSIGTERMWithCallsInFlight(t *testing.T) {
 	t.Logf("exited 0 %s after SIGTERM", time.Since(stoppedAt).Round(time.Millisecond))
 	db := database(t, env)
 	_, storedByFirst := storedCounts(t, db, tag)
-	waiting := queueDepth(t, env, "example-item.store")
+	waiting := queueDepth(t, env.Channel(t), "example-item.store")
 
 	stack.Start(t, bins, env) // the next replica
 	rows, distinct := waitStored(t, db, tag, confirmed, 30*time.Second)
@@ -310,6 +310,7 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 		"hello_world", "test", "will-error", "dictionary", "db", "example-items",
 		"example-item.create", "example-item.read", "example-item.update", "example-item.delete",
 	}
+	ch := env.Channel(t)
 	before := rss(t, p.PID())
 	answered := 0
 	for _, route := range rpcRoutes {
@@ -348,7 +349,7 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && dead < sentToQueues; time.Sleep(200 * time.Millisecond) {
 		dead = 0
 		for _, route := range []string{"queue-test", "example-item.store"} {
-			dead += queueDepth(t, env, route+".dlq")
+			dead += queueDepth(t, ch, route+".dlq")
 		}
 	}
 	after := rss(t, p.PID())
@@ -366,7 +367,7 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 		t.Errorf("resident memory grew from %d to %d MiB", before, after)
 	}
 	for _, route := range rpcRoutes {
-		if queueDepth(t, env, route) != 0 {
+		if queueDepth(t, ch, route) != 0 {
 			t.Errorf("%s still holds messages after requests without reply_to", route)
 		}
 	}

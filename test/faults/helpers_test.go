@@ -154,19 +154,8 @@ func waitStored(t *testing.T, db *sql.DB, tag string, want int, quiet time.Durat
 
 // drainDeadLetters reads every message of queue's dead-letter queue and
 // returns the distinct message ids among them, each with the error header.
-func drainDeadLetters(t *testing.T, env stack.Env, queue string) map[string]string {
+func drainDeadLetters(t *testing.T, ch *amqp.Channel, queue string) map[string]string {
 	t.Helper()
-	cfg := env.Broker()
-	uri := amqp.URI{Scheme: "amqp", Host: cfg.Host, Port: cfg.Port, Username: cfg.User, Password: cfg.Password, Vhost: cfg.VHost}
-	conn, err := amqp.Dial(uri.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]string{}
 	for {
 		d, ok, err := ch.Get(queue+".dlq", true)
@@ -181,19 +170,8 @@ func drainDeadLetters(t *testing.T, env stack.Env, queue string) map[string]stri
 }
 
 // queueDepth returns the ready messages in queue.
-func queueDepth(t *testing.T, env stack.Env, queue string) int {
+func queueDepth(t *testing.T, ch *amqp.Channel, queue string) int {
 	t.Helper()
-	cfg := env.Broker()
-	uri := amqp.URI{Scheme: "amqp", Host: cfg.Host, Port: cfg.Port, Username: cfg.User, Password: cfg.Password, Vhost: cfg.VHost}
-	conn, err := amqp.Dial(uri.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -51,17 +51,7 @@ type SeedClient struct {
 // NewSeedClient connects to env's vhost; it is closed when the test ends.
 func NewSeedClient(t testing.TB, env Env) *SeedClient {
 	t.Helper()
-	cfg := env.Broker()
-	uri := amqp.URI{Scheme: "amqp", Host: cfg.Host, Port: cfg.Port, Username: cfg.User, Password: cfg.Password, Vhost: cfg.VHost}
-	conn, err := amqp.Dial(uri.String())
-	if err != nil {
-		t.Fatalf("seed client: dial %s:%d: %v", cfg.Host, cfg.Port, err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := env.Channel(t)
 	q, err := ch.QueueDeclare("", false, true, true, false, nil) // exclusive, auto-delete, server-named
 	if err != nil {
 		t.Fatal(err)

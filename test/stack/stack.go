@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"example.com/service/src/testenv"
 	"example.com/service/src/worker"
 )
@@ -113,6 +115,29 @@ func (e Env) Broker() worker.Config {
 	}
 	cfg.VHost = e.VHost
 	return cfg
+}
+
+// URL is the amqp:// URL of env's vhost, for plain amqp091-go clients.
+func (e Env) URL() string {
+	cfg := e.Broker()
+	uri := amqp.URI{Scheme: "amqp", Host: cfg.Host, Port: cfg.Port, Username: cfg.User, Password: cfg.Password, Vhost: cfg.VHost}
+	return uri.String()
+}
+
+// Channel opens a plain amqp091-go channel on env's vhost; its connection
+// is closed when the test ends.
+func (e Env) Channel(t testing.TB) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(e.URL())
+	if err != nil {
+		t.Fatalf("dial %s: %v", testenv.BrokerAddr(), err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
 }
 
 // Client connects a project client to this env's vhost; it is closed when
