@@ -266,3 +266,49 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatalf("bad URL: %v", err)
 	}
 }
+
+// A Start that fails on its second route leaves the first one not
+// consuming, and Start can be called again once the cause is fixed.
+func TestStartFailureLeavesNothing(t *testing.T) {
+	requireBroker(t)
+	ok, clash := route(t, "start-ok"), route(t, "start-clash")
+	ch := raw(t)
+	if _, err := ch.QueueDeclare(clash, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	consumers := func(q string) int {
+		t.Helper()
+		info, err := ch.QueueDeclarePassive(q, false, false, false, false, nil)
+		if err != nil {
+			t.Fatalf("inspect queue %s: %v", q, err)
+		}
+		return info.Consumers
+	}
+	rpc := worker.NewRPC(dial(t, ""))
+	rpc.Handle(ok, worker.Func(hello))
+	rpc.Handle(clash, worker.Func(hello))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := rpc.Start(ctx); err == nil || !strings.Contains(err.Error(), clash) {
+		t.Fatalf("Start = %v, want an error naming %s", err, clash)
+	}
+	if n := consumers(ok); n != 0 {
+		t.Fatalf("after a failed Start, route %s has %d consumers, want 0", ok, n)
+	}
+	if _, err := ch.QueueDelete(clash, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	start(t, rpc) // Start again, now without the clash
+	if n, m := consumers(ok), consumers(clash); n != 1 || m != 1 {
+		t.Fatalf("after the second Start: %d and %d consumers, want 1 each (a consumer of the failed Start survived)", n, m)
+	}
+	callEventually(t, client(t, dial(t, "")), ok)
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if err := rpc.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := consumers(ok); n != 0 {
+		t.Fatalf("after Shutdown, route %s has %d consumers, want 0", ok, n)
+	}
+}

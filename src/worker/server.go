@@ -109,28 +109,52 @@ func (s *server) handle(route string, h Handler) {
 
 func (s *server) start(ctx context.Context) error {
 	s.mu.Lock()
-	if s.started {
+	switch {
+	case s.stopping.Load():
+		s.mu.Unlock()
+		return fmt.Errorf("start %s worker: %w (it was shut down)", s.kind, ErrClosed)
+	case s.started:
 		s.mu.Unlock()
 		return fmt.Errorf("start %s worker: already started", s.kind)
 	}
 	s.started = true
 	s.mu.Unlock()
+	// Every route is set up before any consumer loop runs, so a failure
+	// leaves nothing behind: the channels opened so far are closed (their
+	// unacked deliveries go back to the queue) and Start may be called again.
 	var consumers []*consumer
+	var deliveries []<-chan amqp.Delivery
+	abort := func(err error) error {
+		for _, c := range consumers {
+			c.closeChannel()
+		}
+		s.mu.Lock()
+		s.started = false
+		s.mu.Unlock()
+		return err
+	}
 	for _, route := range s.order {
 		c := &consumer{s: s, route: route, h: s.routes[route]}
-		deliveries, err := c.setup(ctx)
+		d, err := c.setup(ctx)
 		if err != nil {
-			for _, c := range consumers {
-				c.closeChannel()
-			}
-			return fmt.Errorf("start %s worker: %w", s.kind, err)
+			return abort(fmt.Errorf("start %s worker: %w", s.kind, err))
 		}
 		consumers = append(consumers, c)
-		s.loops.Add(1)
-		go c.loop(deliveries)
+		deliveries = append(deliveries, d)
 	}
 	s.mu.Lock()
+	if s.stopping.Load() { // Shutdown ran while we set up
+		s.mu.Unlock()
+		for _, c := range consumers {
+			c.closeChannel()
+		}
+		return fmt.Errorf("start %s worker: %w (shut down while starting)", s.kind, ErrClosed)
+	}
 	s.consumers = consumers
+	for i, c := range consumers {
+		s.loops.Add(1)
+		go c.loop(deliveries[i])
+	}
 	s.mu.Unlock()
 	s.opts.logger.Debug("worker started", "kind", s.kind.String(), "routes", s.order)
 	return nil
@@ -518,8 +542,11 @@ func (r *RPC) HandleFunc(route string, f func(ctx context.Context, req *Request)
 }
 
 // Start declares the routes' queues and starts consuming them. It returns
-// once every route is consuming, or an error naming the route that failed.
-// After Start, lost connections are recovered in the background.
+// once every route is consuming, or an error naming the route that failed;
+// then no route is consuming and Start may be called again (after fixing
+// the cause, e.g. deleting a queue declared with other settings). After a
+// successful Start, lost connections are recovered in the background.
+// Start after Shutdown fails with [ErrClosed].
 func (r *RPC) Start(ctx context.Context) error { return r.s.start(ctx) }
 
 // Shutdown stops taking requests, waits for running handlers and their
