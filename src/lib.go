@@ -76,8 +76,8 @@ func (n newItem) toItem() (models.ExampleItem, error) {
 
 // itemChanges is the data of example-item.update.
 type itemChanges struct {
-	ID      uuid.UUID      `json:"id"`
-	Changes map[string]any `json:"changes"`
+	ID      uuid.UUID                  `json:"id"`
+	Changes map[string]json.RawMessage `json:"changes"` // decoded per column by the model
 }
 
 // check refuses an update that names no item, changes nothing or tries to
@@ -94,7 +94,7 @@ func (c itemChanges) check() error {
 	return nil
 }
 
-func hasKey(m map[string]any, key string) bool {
+func hasKey[V any](m map[string]V, key string) bool {
 	_, ok := m[key]
 	return ok
 }

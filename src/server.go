@@ -170,7 +170,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if err := in.check(); err != nil {
 			return models.ExampleItem{}, err
 		}
-		return items.Update(ctx, in.ID, in.Changes)
+		changes, err := items.Changes(in.Changes) // JSON values -> the columns' Go types
+		if err != nil {
+			return models.ExampleItem{}, err
+		}
+		return items.Update(ctx, in.ID, changes)
 	}))
 	rpc.Handle("example-item.delete", worker.Func(func(ctx context.Context, id uuid.UUID) (models.ExampleItem, error) {
 		return items.Delete(ctx, id)

@@ -118,10 +118,10 @@ func TestItemChangesRules(t *testing.T) {
 		in      itemChanges
 		wantErr string
 	}{
-		{itemChanges{ID: id, Changes: map[string]any{"integer": 1}}, ""},
-		{itemChanges{Changes: map[string]any{"integer": 1}}, `"id" is missing`},
+		{itemChanges{ID: id, Changes: map[string]json.RawMessage{"integer": json.RawMessage("1")}}, ""},
+		{itemChanges{Changes: map[string]json.RawMessage{"integer": json.RawMessage("1")}}, `"id" is missing`},
 		{itemChanges{ID: id}, "nothing to update"},
-		{itemChanges{ID: id, Changes: map[string]any{"id": nil}}, "cannot be changed"},
+		{itemChanges{ID: id, Changes: map[string]json.RawMessage{"id": json.RawMessage("null")}}, "cannot be changed"},
 	} {
 		err := tc.in.check()
 		if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {

@@ -132,10 +132,19 @@ func testRoutes(t *testing.T, call caller) {
 
 		updated := fmt.Sprintf(`{"id":%q,"string":%q,"integer":8,"json":{"tags":["a","b"]}}`, created.ID, s)
 		wantData(t, call(t, "example-item.update", map[string]any{"id": created.ID, "changes": map[string]any{"integer": 8}}), updated)
-		e = wantError(t, call(t, "example-item.update", map[string]any{"id": created.ID, "changes": map[string]any{"no_such_column": 1}}), "")
+		e = wantError(t, call(t, "example-item.update", map[string]any{"id": created.ID, "changes": map[string]any{"no_such_column": 1}}), "BadRequest")
 		if !strings.Contains(e.Message, "no_such_column") {
 			t.Errorf("update of an unknown column: message %q does not name it", e.Message)
 		}
+		for _, bad := range []map[string]any{{"integer": 8.5}, {"integer": 40000}, {"string": 5}, {"string": nil}} {
+			e = wantError(t, call(t, "example-item.update", map[string]any{"id": created.ID, "changes": bad}), "BadRequest")
+			for column := range bad {
+				if !strings.Contains(e.Message, column) {
+					t.Errorf("update with %v: message %q does not name the column", bad, e.Message)
+				}
+			}
+		}
+		wantData(t, call(t, "example-item.read", created.ID), updated) // refused updates changed nothing
 
 		wantData(t, call(t, "example-item.delete", created.ID), updated)
 		wantError(t, call(t, "example-item.read", created.ID), "NotFound")

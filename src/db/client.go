@@ -191,10 +191,13 @@ func (c *Client) InTxOptions(ctx context.Context, opts *sql.TxOptions, fn func(t
 		if committed {
 			return
 		}
-		if r := recover(); r != nil {
-			if rerr := stx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
-				slog.Error("roll back after a panic in a transaction failed", "err", rerr)
-			}
+		// fn panicked, or left through runtime.Goexit (t.Fatal in a test):
+		// roll back either way so the connection goes back to the pool.
+		r := recover()
+		if rerr := stx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+			slog.Error("roll back after a transaction function did not return failed", "err", rerr)
+		}
+		if r != nil {
 			panic(r)
 		}
 	}()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -353,4 +354,45 @@ func TestInTx(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A transaction function that leaves through runtime.Goexit (t.Fatal inside
+// it, in a test) neither commits nor keeps its connection: the pool of one
+// connection still serves the next query, and the row is not there.
+func TestInTxRollsBackOnGoexit(t *testing.T) {
+	testenv.RequirePostgres(t)
+	if testing.Short() {
+		t.Skip("needs PostgreSQL; skipped with -short")
+	}
+	name := testenv.CreateDatabase(t, "dbtest_")
+	ctx := context.Background()
+	c, err := db.Open(ctx, db.Config{URL: testenv.PostgresURL(name), MaxOpenConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Exec(ctx, `CREATE TABLE t (v int)`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.InTx(ctx, func(tx *db.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+				return err
+			}
+			runtime.Goexit()
+			return nil
+		})
+	}()
+	<-done
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var n int
+	if err := c.Get(pingCtx, &n, `SELECT count(*) FROM t`); err != nil {
+		t.Fatalf("the pool's only connection is still held by the abandoned transaction: %v", err)
+	}
+	if n != 0 {
+		t.Errorf("the abandoned transaction's insert is visible: %d rows", n)
+	}
 }

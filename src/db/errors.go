@@ -12,12 +12,13 @@ import (
 
 // Sentinel errors, matched with errors.Is. The errors this package returns
 // carry more detail in the types below (errors.As); each of those also has an
-// ErrorType method naming its kind ("NotFound", "Conflict", "Invalid"), which
-// RPC layers can report to callers.
+// ErrorType method naming its kind for callers ("NotFound", "Conflict", and
+// "BadRequest" for invalid input), which the worker package puts in replies.
 var (
 	// ErrNotFound: no row matched (a model operation by id, or Get).
 	ErrNotFound = errors.New("not found")
-	// ErrConflict: a unique constraint refused the write.
+	// ErrConflict: a unique or exclusion constraint refused the write, or
+	// the row to delete is still referenced by another table's foreign key.
 	ErrConflict = errors.New("conflict")
 	// ErrInvalid: the input was refused, either before any SQL ran (an
 	// unknown column in an update) or by the database (a NOT NULL or CHECK
@@ -105,8 +106,10 @@ func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 // Unwrap returns the driver's error, if the database refused the input.
 func (e *InvalidError) Unwrap() error { return e.Err }
 
-// ErrorType returns "Invalid".
-func (e *InvalidError) ErrorType() string { return "Invalid" }
+// ErrorType returns "BadRequest": the input broke a rule of the table, so
+// the caller must change it (a queue worker dead-letters it at once rather
+// than retrying).
+func (e *InvalidError) ErrorType() string { return "BadRequest" }
 
 // classify turns driver errors into this package's errors: no rows becomes
 // a NotFoundError, a unique violation a ConflictError, a constraint or data
@@ -127,7 +130,10 @@ func classify(err error, table string, id any) error {
 		table = pe.TableName
 	}
 	switch {
-	case pe.Code == "23505": // unique_violation
+	case pe.Code == "23505", pe.Code == "23P01": // unique, exclusion violation
+		return &ConflictError{Table: table, ID: id, Constraint: pe.ConstraintName, Detail: pe.Detail, Err: err}
+	case pe.Code == "23503" && strings.Contains(pe.Detail, "is still referenced"):
+		// foreign_key_violation on delete or key update: the row is in use.
 		return &ConflictError{Table: table, ID: id, Constraint: pe.ConstraintName, Detail: pe.Detail, Err: err}
 	case pe.Code == "23502", pe.Code == "23503", pe.Code == "23514", strings.HasPrefix(pe.Code, "22"):
 		// not_null, foreign_key, check violations; data exceptions

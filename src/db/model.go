@@ -1,8 +1,10 @@
 package db
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"reflect"
@@ -328,6 +330,48 @@ func (m *Model[T]) Update(ctx context.Context, id any, changes map[string]any) (
 		return out, fmt.Errorf("update %s: %w", t.name, classify(err, t.name, id))
 	}
 	return out, nil
+}
+
+// Changes decodes changes that arrived as JSON (column name -> JSON value)
+// into the Go types of T's fields, ready for [Model.Update]: a smallint
+// column takes only a whole number that fits, a varchar column only a JSON
+// string, a json.RawMessage column keeps the JSON value as it is, and null
+// sets a nullable column (a pointer, slice or map field) to NULL. An unknown column or a value that does not
+// decode is an *InvalidError (ErrInvalid) naming the column, before any SQL
+// runs.
+func (m *Model[T]) Changes(raw map[string]json.RawMessage) (map[string]any, error) {
+	t := m.t
+	out := make(map[string]any, len(raw))
+	for name, value := range raw {
+		ci, ok := t.byName[name]
+		if !ok {
+			return nil, &InvalidError{Table: t.name, Column: name, Reason: "no such column; the columns are " + t.names}
+		}
+		typ := t.cols[ci].typ
+		if string(bytes.TrimSpace(value)) == "null" {
+			switch typ.Kind() {
+			case reflect.Pointer, reflect.Slice, reflect.Map, reflect.Interface:
+				out[name] = reflect.Zero(typ).Interface() // NULL
+				continue
+			}
+			return nil, &InvalidError{Table: t.name, Column: name,
+				Reason: fmt.Sprintf("null given, but the column's Go type %s cannot hold NULL", typ)}
+		}
+		v := reflect.New(typ)
+		if err := json.Unmarshal(value, v.Interface()); err != nil {
+			return nil, &InvalidError{Table: t.name, Column: name,
+				Reason: fmt.Sprintf("value %s does not fit the column's type (%s): %v", truncate(value, 40), t.cols[ci].typ, err)}
+		}
+		out[name] = v.Elem().Interface()
+	}
+	return out, nil
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	return string(b[:n]) + "..."
 }
 
 // maxCachedUpdates bounds the cache of UPDATE statements per model; past it

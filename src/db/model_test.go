@@ -2,6 +2,7 @@ package db_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -194,7 +195,7 @@ func TestInvalidInputFromDatabase(t *testing.T) {
 	things := db.MustModel[Thing](c, "thing")
 	_, err := things.Create(ctx, Thing{Name: strings.Repeat("x", 256)})
 	var ie *db.InvalidError
-	if !errors.Is(err, db.ErrInvalid) || !errors.As(err, &ie) || ie.ErrorType() != "Invalid" {
+	if !errors.Is(err, db.ErrInvalid) || !errors.As(err, &ie) || ie.ErrorType() != "BadRequest" {
 		t.Fatalf("256 characters into varchar(255): %v, want ErrInvalid", err)
 	}
 	if !strings.Contains(err.Error(), "too long") {
@@ -433,3 +434,49 @@ func TestNewModelRefusesBadRowTypes(t *testing.T) {
 }
 
 func errOf[T any](_ T, err error) error { return err }
+
+// Changes that arrive as JSON are decoded into the row type's field types
+// before Update: what does not fit is refused naming the column, and null is
+// NULL only where the column can hold it.
+func TestUpdateWithJSONChanges(t *testing.T) {
+	c := newClient(t, thingSchema)
+	ctx := context.Background()
+	things := db.MustModel[Thing](c, "thing")
+	row, err := things.Create(ctx, Thing{Name: "json-changes", Note: ptr("note"), Raw: json.RawMessage(`{"a":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes, err := things.Changes(map[string]json.RawMessage{
+		"count": json.RawMessage(`7`),
+		"raw":   json.RawMessage(`"just a string"`),
+		"tags":  json.RawMessage(`["x","y"]`),
+		"note":  json.RawMessage(`null`),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := things.Update(ctx, row.ID, changes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Count != 7 || string(got.Raw) != `"just a string"` || len(got.Tags) != 2 || got.Note != nil {
+		t.Errorf("after update: count %d, raw %s, tags %v, note %v", got.Count, got.Raw, got.Tags, got.Note)
+	}
+	if n := count(t, c, "thing", `id = $1 AND note IS NULL AND raw = '"just a string"'::jsonb`, row.ID); n != 1 {
+		t.Errorf("stored row does not hold NULL note and the JSON string: %d rows match", n)
+	}
+
+	for _, tc := range []struct{ column, value, want string }{
+		{"count", `8.5`, `column "count"`},
+		{"count", `40000`, `column "count"`},
+		{"name", `5`, `column "name"`},
+		{"name", `null`, `cannot hold NULL`},
+		{"nope", `1`, `no such column`},
+	} {
+		_, err := things.Changes(map[string]json.RawMessage{tc.column: json.RawMessage(tc.value)})
+		var ie *db.InvalidError
+		if !errors.As(err, &ie) || !strings.Contains(err.Error(), tc.want) || ie.ErrorType() != "BadRequest" {
+			t.Errorf("Changes(%s: %s) = %v, want an InvalidError saying %q", tc.column, tc.value, err, tc.want)
+		}
+	}
+}

@@ -112,7 +112,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case err == nil:
 		return 0
 	case ctx.Err() != nil:
-		fmt.Fprintln(stderr, "manage: interrupted; nothing was applied, scratch databases dropped")
+		// err tells whether dropping the scratch databases worked (and how
+		// to drop one by hand when it did not).
+		fmt.Fprintln(stderr, "manage: interrupted; nothing was applied:", err)
 		return 130
 	default:
 		fmt.Fprintln(stderr, "manage "+cmd+":", err)

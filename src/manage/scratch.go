@@ -128,7 +128,9 @@ func (s *server) create(ctx context.Context, purpose string) (*scratch, error) {
 	if _, err := s.admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name)); err != nil {
 		if ctx.Err() != nil {
 			// The CREATE may have gone through before the cancel arrived.
-			_, _ = s.admin.ExecContext(context.WithoutCancel(ctx), "DROP DATABASE IF EXISTS "+quoteIdent(name))
+			dropCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropTimeout)
+			_, _ = s.admin.ExecContext(dropCtx, "DROP DATABASE IF EXISTS "+quoteIdent(name))
+			cancel()
 			return nil, ctx.Err()
 		}
 		return nil, fmt.Errorf("create scratch database %s on %s: %w; the DB_USER role needs the CREATEDB privilege", name, s.cfg, err)

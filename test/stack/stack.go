@@ -100,7 +100,7 @@ func NewEnv(t testing.TB, b *Binaries) Env {
 	e := Env{VHost: NewVHost(t), Database: testenv.CreateDatabase(t, "e2e_")}
 	cmd := exec.Command(b.Manage, "sync", "--noprompt")
 	cmd.Dir = b.Root
-	cmd.Env = append(os.Environ(), "DB_NAME="+e.Database)
+	cmd.Env = append(childEnv(), "DB_NAME="+e.Database)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("manage sync --noprompt into %s: %v\n%s", e.Database, err, out)
 	}
@@ -155,6 +155,15 @@ func (e Env) Client(t testing.TB) *worker.Client {
 	return c
 }
 
+// childEnv is the environment for the processes tests start: this one's,
+// with the URL forms of the settings blanked. BROKER_URL and DB_URL would
+// override the per-test vhost and database, and `manage sync --noprompt`
+// would then change a real database; the tests, like testenv, go by the
+// host, port, user and password variables alone.
+func childEnv() []string {
+	return append(os.Environ(), "BROKER_URL=", "DB_URL=")
+}
+
 // Process is a running service.
 type Process struct {
 	cmd  *exec.Cmd
@@ -191,7 +200,7 @@ func Launch(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 	t.Helper()
 	cmd := exec.Command(b.Service)
 	cmd.Dir = b.Root
-	cmd.Env = append(os.Environ(), "BROKER_VHOST="+env.VHost, "DB_NAME="+env.Database, "MODE=development")
+	cmd.Env = append(childEnv(), "BROKER_VHOST="+env.VHost, "DB_NAME="+env.Database, "MODE=development")
 	cmd.Env = append(cmd.Env, extra...)
 	p := &Process{cmd: cmd, logs: &logBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = p.logs
