@@ -1,6 +1,6 @@
 // Package runner runs the parts of a service for the life of the process:
-// it starts them in order, waits for SIGINT or SIGTERM, then stops them in
-// reverse order within a drain timeout. It is the Go counterpart of the
+// it starts them in order, waits for SIGINT or SIGTERM, then stops all new
+// work and shuts the parts down in reverse order within a drain timeout. It is the Go counterpart of the
 // Python seed's start_server.Runner.
 package runner
 
@@ -25,6 +25,14 @@ import (
 type Service interface {
 	Start(ctx context.Context) error
 	Shutdown(ctx context.Context) error
+}
+
+// Intake is implemented by services that can stop taking new work apart from
+// finishing the work they have (a worker cancels its consumers). When a run
+// ends, Run calls StopIntake on every such service before it shuts any of
+// them down, so that no service keeps accepting work while another drains.
+type Intake interface {
+	StopIntake(ctx context.Context) error
 }
 
 // Failer is implemented by services that can fail for good while running
@@ -60,6 +68,14 @@ type named struct {
 
 func (n named) String() string { return n.name }
 
+// StopIntake forwards to the wrapped service, if it has an intake to stop.
+func (n named) StopIntake(ctx context.Context) error {
+	if i, ok := n.Service.(Intake); ok {
+		return i.StopIntake(ctx)
+	}
+	return nil
+}
+
 // Failed forwards the wrapped service's failures, if it reports any.
 func (n named) Failed() <-chan error {
 	if f, ok := n.Service.(Failer); ok {
@@ -71,8 +87,9 @@ func (n named) Failed() <-chan error {
 // Run starts services in the order given. If one fails to start, the ones
 // already started are shut down and its error is returned. Otherwise Run
 // waits until ctx ends, a signal arrives, or a service reports a failure,
-// then shuts the services down in reverse order and returns nil for a clean
-// stop, or the failure and any shutdown errors joined.
+// then stops the intake of every [Intake], shuts the services down in
+// reverse order, and returns nil for a clean stop, or the failure and any
+// shutdown errors joined.
 func (r *Runner) Run(ctx context.Context, services ...Service) error {
 	log := r.Logger
 	if log == nil {
@@ -110,7 +127,8 @@ func (r *Runner) Run(ctx context.Context, services ...Service) error {
 	return errors.Join(cause, r.shutdown(log, services))
 }
 
-// shutdown stops services in reverse order within one drain budget.
+// shutdown stops every intake first, then shuts the services down in reverse
+// order, all within one drain budget.
 func (r *Runner) shutdown(log *slog.Logger, services []Service) error {
 	drain := r.DrainTimeout
 	if drain <= 0 {
@@ -119,6 +137,13 @@ func (r *Runner) shutdown(log *slog.Logger, services []Service) error {
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	var errs []error
+	for i := len(services) - 1; i >= 0; i-- {
+		if in, ok := services[i].(Intake); ok {
+			if err := in.StopIntake(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("stop intake of %s: %w", nameOf(services[i]), err))
+			}
+		}
+	}
 	for i := len(services) - 1; i >= 0; i-- {
 		s := services[i]
 		if err := s.Shutdown(ctx); err != nil {

@@ -58,6 +58,14 @@ func (r *recorder) Shutdown(ctx context.Context) error {
 
 func (r *recorder) Failed() <-chan error { return r.fail }
 
+// intakeRecorder is a recorder whose intake can be stopped apart.
+type intakeRecorder struct{ recorder }
+
+func (r *intakeRecorder) StopIntake(context.Context) error {
+	r.log.add("stop intake " + r.name)
+	return nil
+}
+
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func TestRunStartsInOrderAndStopsInReverse(t *testing.T) {
@@ -77,6 +85,31 @@ func TestRunStartsInOrderAndStopsInReverse(t *testing.T) {
 		t.Fatalf("Run returned %v after a clean stop, want nil", err)
 	}
 	want := []string{"start db", "start broker", "start worker", "stop worker", "stop broker", "stop db"}
+	if got := ev.get(); !slices.Equal(got, want) {
+		t.Fatalf("events = %q, want %q", got, want)
+	}
+}
+
+// Every intake stops before any service drains: the RPC worker must not take
+// new requests while the queue worker finishes.
+func TestRunStopsEveryIntakeBeforeDraining(t *testing.T) {
+	ev := &events{}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runner.Runner{Logger: quiet()}
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Run(ctx,
+			&recorder{name: "db", log: ev},
+			runner.Named("rpc", &intakeRecorder{recorder{name: "rpc", log: ev}}),
+			&intakeRecorder{recorder{name: "queue", log: ev}})
+	}()
+	waitFor(t, func() bool { return len(ev.get()) == 3 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"start db", "start rpc", "start queue",
+		"stop intake queue", "stop intake rpc", "stop queue", "stop rpc", "stop db"}
 	if got := ev.get(); !slices.Equal(got, want) {
 		t.Fatalf("events = %q, want %q", got, want)
 	}
