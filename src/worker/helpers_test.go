@@ -197,3 +197,23 @@ func eventually(tb testing.TB, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// channels returns how many channels the connection named name has open.
+func channels(tb testing.TB, name string) int {
+	tb.Helper()
+	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "channels", "client_properties").CombinedOutput()
+	if err != nil {
+		tb.Fatalf("rabbitmqctl list_connections: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, `"`+name+`"`) || strings.Contains(line, "<<\""+name+"\">>") {
+			n, err := strconv.Atoi(strings.Fields(line)[0])
+			if err != nil {
+				tb.Fatalf("rabbitmqctl list_connections: no channel count in %q", line)
+			}
+			return n
+		}
+	}
+	tb.Fatalf("no connection named %q in:\n%s", name, out)
+	return 0
+}

@@ -135,3 +135,29 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 	})
 	t.Logf("confirmed %d, failed %d, consumed %d distinct", nConfirmed.Load(), nFailed.Load(), seen.len())
 }
+
+// When its queue is deleted, a route redeclares it and resumes, and the
+// worker's connection keeps one channel per route: the channel of the
+// cancelled consumer is closed, not leaked.
+func TestQueueDeletedResumesWithoutLeak(t *testing.T) {
+	requireBroker(t)
+	name := testenv.Name("worker-test-del-")
+	conn := dial(t, name)
+	r := route(t, "deleted")
+	rpc := worker.NewRPC(conn)
+	rpc.Handle(r, worker.Func(hello))
+	start(t, rpc)
+	c := client(t, dial(t, ""))
+	callEventually(t, c, r)
+	if n := channels(t, name); n != 1 {
+		t.Fatalf("worker connection has %d channels at start, want 1", n)
+	}
+	ch := raw(t)
+	for round := range 3 {
+		if _, err := ch.QueueDelete(r, false, false, false); err != nil {
+			t.Fatalf("round %d: delete queue: %v", round, err)
+		}
+		callEventually(t, c, r)
+	}
+	eventually(t, "worker connection back to 1 channel", func() bool { return channels(t, name) == 1 })
+}

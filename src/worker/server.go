@@ -289,6 +289,10 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 			return
 		}
 		s.opts.logger.Warn("consumer stopped, resubscribing", "route", c.route)
+		// The broker may have cancelled the consumer (its queue was deleted)
+		// and left the channel open: close it, or each resubscribe leaks one.
+		// Every delivery on it has been settled (the pool is done).
+		c.closeChannel()
 		backoff := 100 * time.Millisecond
 		for {
 			ctx, cancel := context.WithCancel(context.Background())
