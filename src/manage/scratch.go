@@ -74,6 +74,10 @@ type scratch struct {
 	name string
 	cfg  db.Config
 	srv  *server
+	// hold keeps one session open on the database for its whole life, so
+	// that another run's dropStale (which spares databases in use) never
+	// takes it for a leftover while it waits to be loaded.
+	hold *sql.DB
 }
 
 // dropStale drops scratch databases left behind by killed runs: those with
@@ -135,13 +139,22 @@ func (s *server) create(ctx context.Context, purpose string) (*scratch, error) {
 		}
 		return nil, fmt.Errorf("create scratch database %s on %s: %w; the DB_USER role needs the CREATEDB privilege", name, s.cfg, err)
 	}
+	sc := &scratch{name: name, cfg: s.cfg.WithDatabase(name), srv: s}
+	hold, err := openDB(ctx, sc.cfg)
+	if err != nil {
+		return nil, errors.Join(err, sc.drop(ctx))
+	}
+	sc.hold = hold
 	s.log.Info("created scratch database", "database", name, "for", purpose)
-	return &scratch{name: name, cfg: s.cfg.WithDatabase(name), srv: s}, nil
+	return sc, nil
 }
 
 // drop removes the scratch database, terminating any connection left to it.
 // It runs even when ctx is cancelled (bounded by dropTimeout).
 func (sc *scratch) drop(ctx context.Context) error {
+	if sc.hold != nil {
+		_ = sc.hold.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropTimeout)
 	defer cancel()
 	if _, err := sc.srv.admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(sc.name)+" WITH (FORCE)"); err != nil {
