@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -60,31 +61,36 @@ func Dial(ctx context.Context, cfg Config, opts ...Option) (*Conn, error) {
 		up:     make(chan struct{}),
 		done:   make(chan struct{}),
 	}
-	conn, err := c.connect(ctx, true)
+	conn, closed, err := c.connect(ctx, true)
 	if err != nil {
 		return nil, err
 	}
 	c.setUp(conn)
 	c.wg.Add(1)
-	go c.supervise(conn)
+	go c.supervise(conn, closed)
 	return c, nil
 }
 
+// handshakeTimeout bounds one connection attempt: TCP connect, TLS and AMQP
+// handshake. (A listener that accepts and never answers would otherwise
+// hold the attempt forever: heartbeats start only after the handshake.)
+const handshakeTimeout = 30 * time.Second
+
 // connect dials until it succeeds, ctx ends, Close is called or (when
-// permanentFails) the broker refuses the credentials.
-func (c *Conn) connect(ctx context.Context, permanentFails bool) (*amqp.Connection, error) {
+// permanentFails) the broker refuses the credentials. It returns the
+// connection with its close notifications already registered, so a close
+// right after the handshake is never missed.
+func (c *Conn) connect(ctx context.Context, permanentFails bool) (*amqp.Connection, chan *amqp.Error, error) {
 	backoff := 100 * time.Millisecond
 	var last error
 	for {
-		cfg := c.cfg
-		cfg.Dial = dialer(ctx)
-		conn, err := amqp.DialConfig(c.uri.String(), cfg)
+		conn, closed, err := c.dialOnce(ctx)
 		if err == nil {
-			return conn, nil
+			return conn, closed, nil
 		}
 		last = err
 		if permanentFails && refused(err) {
-			return nil, fmt.Errorf("RabbitMQ at %s refused user %q on vhost %q: %w; check BROKER_USER, BROKER_PASS and BROKER_VHOST",
+			return nil, nil, fmt.Errorf("RabbitMQ at %s refused user %q on vhost %q: %w; check BROKER_USER, BROKER_PASS and BROKER_VHOST",
 				c.addr, c.uri.Username, c.uri.Vhost, err)
 		}
 		if ctx.Err() == nil {
@@ -93,27 +99,90 @@ func (c *Conn) connect(ctx context.Context, permanentFails bool) (*amqp.Connecti
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
-			return nil, &dialError{addr: c.addr, user: c.uri.Username, err: last}
+			return nil, nil, &dialError{addr: c.addr, user: c.uri.Username, err: last}
 		case <-c.done:
-			return nil, ErrClosed
+			return nil, nil, ErrClosed
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
-// dialer connects with the context's deadline (capped at 10 s per try).
-func dialer(ctx context.Context) func(network, addr string) (net.Conn, error) {
-	return func(network, addr string) (net.Conn, error) {
-		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// dialOnce makes one attempt, bounded by ctx and by handshakeTimeout: the
+// socket gets a deadline for the handshake (amqp091-go clears it once the
+// connection is open) and is closed when ctx ends during the handshake.
+func (c *Conn) dialOnce(ctx context.Context) (*amqp.Connection, chan *amqp.Error, error) {
+	var sock net.Conn
+	var deadline time.Time
+	stop := func() bool { return true }
+	cfg := c.cfg
+	cfg.Dial = func(network, addr string) (net.Conn, error) {
+		deadline = time.Now().Add(handshakeTimeout)
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
+		}
+		dctx, cancel := context.WithDeadline(ctx, deadline)
 		defer cancel()
 		var d net.Dialer
 		conn, err := d.DialContext(dctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		// amqp091-go sets its own deadline for the handshake.
+		if err := conn.SetDeadline(deadline); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+		sock = conn
+		stop = context.AfterFunc(ctx, func() { _ = conn.Close() })
 		return conn, nil
 	}
+	conn, err := amqp.DialConfig(c.uri.String(), cfg)
+	if !stop() && err == nil {
+		// ctx ended as the handshake completed and the socket was closed.
+		err = ctx.Err()
+	}
+	if err != nil {
+		if sock != nil {
+			_ = sock.Close() // amqp091-go leaves it open on some failures
+			if !refused(err) {
+				he := &handshakeError{err: err, ctx: ctx.Err(), timedOut: !time.Now().Before(deadline)}
+				if d, ok := ctx.Deadline(); ok && he.timedOut && he.ctx == nil && !d.After(deadline) {
+					he.ctx = context.DeadlineExceeded // ctx's timer has not fired yet
+				}
+				err = he
+			}
+		}
+		return nil, nil, err
+	}
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	if h := testHookConnected.Load(); h != nil {
+		(*h)(sock)
+	}
+	return conn, closed, nil
+}
+
+// testHookConnected, when set, runs after each successful handshake.
+var testHookConnected atomic.Pointer[func(net.Conn)]
+
+// handshakeError is a failure after the TCP connection was made.
+type handshakeError struct {
+	err      error
+	ctx      error // why ctx ended during the handshake, if it did
+	timedOut bool  // the handshake deadline passed
+}
+
+func (e *handshakeError) Error() string {
+	why := cause(e.err)
+	if e.timedOut || e.ctx != nil || errors.Is(e.err, os.ErrDeadlineExceeded) {
+		why = "timed out"
+	}
+	return "connected, but no AMQP handshake (" + why + "); is it a RabbitMQ port?"
+}
+
+func (e *handshakeError) Unwrap() []error {
+	if e.ctx != nil {
+		return []error{e.err, e.ctx}
+	}
+	return []error{e.err}
 }
 
 // dialError is the one-line failure of Dial: address, user and root cause,
@@ -131,6 +200,10 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // cause returns the short text of a network error ("connection refused").
 func cause(err error) string {
+	var he *handshakeError
+	if errors.As(err, &he) {
+		return he.Error()
+	}
 	var sys *os.SyscallError
 	if errors.As(err, &sys) {
 		var errno syscall.Errno
@@ -157,20 +230,25 @@ func (c *Conn) setUp(conn *amqp.Connection) {
 }
 
 // supervise replaces the connection whenever it closes, until Close.
-func (c *Conn) supervise(conn *amqp.Connection) {
+func (c *Conn) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
 	defer c.wg.Done()
 	for {
-		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
 		select {
 		case err := <-closed:
 			c.mu.Lock()
 			c.cur = nil
 			c.up = make(chan struct{})
 			c.mu.Unlock()
-			if err == nil { // closed by us
+			select {
+			case <-c.done: // closed by us
 				return
+			default:
 			}
-			c.logger.Warn("RabbitMQ connection lost, reconnecting", "addr", c.addr, "err", err)
+			if err == nil {
+				c.logger.Warn("RabbitMQ connection closed, reconnecting", "addr", c.addr)
+			} else {
+				c.logger.Warn("RabbitMQ connection lost, reconnecting", "addr", c.addr, "err", err)
+			}
 		case <-c.done:
 			_ = conn.Close()
 			return
@@ -183,14 +261,14 @@ func (c *Conn) supervise(conn *amqp.Connection) {
 			case <-ctx.Done():
 			}
 		}()
-		next, err := c.connect(ctx, false)
+		next, nextClosed, err := c.connect(ctx, false)
 		cancel()
 		if err != nil { // closed
 			return
 		}
 		c.logger.Info("RabbitMQ connection restored", "addr", c.addr)
 		c.setUp(next)
-		conn = next
+		conn, closed = next, nextClosed
 	}
 }
 
@@ -219,6 +297,17 @@ func (c *Conn) channel(ctx context.Context) (*amqp.Channel, error) {
 		ch, err := conn.Channel()
 		if err == nil {
 			return ch, nil
+		}
+		// The connection may be dying without the library having marked it
+		// closed yet: give it a moment before taking the error as final.
+		if !conn.IsClosed() {
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-c.done:
+				return nil, ErrClosed
+			case <-ctx.Done():
+				return nil, fmt.Errorf("open channel on RabbitMQ at %s: %w", c.addr, err)
+			}
 		}
 		if conn.IsClosed() {
 			// The supervisor will notice and reconnect; wait for it.

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/url"
 	"os/exec"
@@ -216,4 +217,115 @@ func channels(tb testing.TB, name string) int {
 	}
 	tb.Fatalf("no connection named %q in:\n%s", name, out)
 	return 0
+}
+
+// silentListener accepts TCP connections and never answers; it returns the
+// port.
+func silentListener(tb testing.TB) int {
+	tb.Helper()
+	p := newProxy(tb, "")
+	p.silence()
+	return p.port()
+}
+
+// proxy forwards TCP connections to a target until silence; then it drops
+// them and accepts new ones without ever answering, like a hung broker.
+type proxy struct {
+	ln     net.Listener
+	target string
+
+	mu       sync.Mutex
+	silent   bool
+	conns    []net.Conn
+	accepted int // connections accepted while silent
+}
+
+func newProxy(tb testing.TB, target string) *proxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	tb.Cleanup(p.shut)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			silent := p.silent
+			if silent {
+				p.accepted++
+			}
+			p.mu.Unlock()
+			if !silent {
+				go p.forward(c)
+			}
+		}
+	}()
+	return p
+}
+
+func (p *proxy) forward(c net.Conn) {
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, up)
+	p.mu.Unlock()
+	go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
+	_, _ = io.Copy(c, up)
+	_ = c.Close()
+}
+
+// shut closes the listener and every connection.
+func (p *proxy) shut() {
+	_ = p.ln.Close()
+	p.mu.Lock()
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+	p.mu.Unlock()
+}
+
+func (p *proxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+// silence drops every connection; new ones are accepted and never answered.
+func (p *proxy) silence() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silent = true
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+}
+
+// silentAccepts is how many connections were accepted since silence.
+func (p *proxy) silentAccepts() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
+}
+
+// dialProxied opens a Conn to the broker through a proxy.
+func dialProxied(tb testing.TB) (*worker.Conn, *proxy) {
+	tb.Helper()
+	cfg := brokerConfig()
+	p := newProxy(tb, net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	cfg.Host, cfg.Port = "127.0.0.1", p.port()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := worker.Dial(ctx, cfg, worker.WithName(testenv.Name("worker-test-proxied-")))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = conn.Close() })
+	return conn, p
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -310,5 +311,47 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 	}
 	if n := consumers(ok); n != 0 {
 		t.Fatalf("after Shutdown, route %s has %d consumers, want 0", ok, n)
+	}
+}
+
+// Dial to a port that accepts TCP and never speaks AMQP gives up when its
+// ctx ends, with an error that says so.
+func TestDialSilentListener(t *testing.T) {
+	port := silentListener(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		conn, err := worker.Dial(ctx, worker.Config{Host: "127.0.0.1", Port: port, User: "guest", Password: "guest", VHost: "/"})
+		if err == nil {
+			_ = conn.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		want := fmt.Sprintf("cannot reach RabbitMQ at 127.0.0.1:%d as guest: connected, but no AMQP handshake (timed out)", port)
+		if err == nil || !strings.HasPrefix(err.Error(), want) || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Dial = %v, want %q...", err, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Dial with a 1 s ctx still blocked after 10 s on a silent listener")
+	}
+}
+
+// Close returns while the Conn is stuck reconnecting to a broker that
+// accepts TCP and never answers.
+func TestCloseDuringHungReconnect(t *testing.T) {
+	requireBroker(t)
+	conn, p := dialProxied(t)
+	p.silence()
+	eventually(t, "the Conn tries to reconnect", func() bool { return p.silentAccepts() > 0 })
+	done := make(chan error, 1)
+	go func() { done <- conn.Close() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		p.shut() // unblock it, so the test ends
+		t.Fatal("Conn.Close blocked for 10 s behind a hung reconnect")
 	}
 }
