@@ -36,11 +36,16 @@ type pubSession struct {
 
 	pendMu  sync.Mutex // never held while calling the channel
 	pending map[uint64]*pendingPub
-	byID    map[string]uint64
+	byKey   map[string]uint64
 }
 
+// publishKeyHeader carries a key unique to each publish, by which a returned
+// message is matched to its publish. (Message ids are the producer's and
+// need not be unique: a dead letter keeps the id of the message it copies.)
+const publishKeyHeader = "x-publish-key"
+
 type pendingPub struct {
-	id       string
+	key      string
 	done     chan error // buffered 1
 	returned *amqp.Return
 }
@@ -82,7 +87,7 @@ func (p *publisher) session(ctx context.Context) (*pubSession, error) {
 		ch:      ch,
 		dead:    make(chan struct{}),
 		pending: map[uint64]*pendingPub{},
-		byID:    map[string]uint64{},
+		byKey:   map[string]uint64{},
 	}
 	// The library's reader hands over a message's return before its
 	// confirm; listen drains the returns before handling each confirm, so a
@@ -129,7 +134,7 @@ func (s *pubSession) listen(confirms chan amqp.Confirmation, returns chan amqp.R
 			pp := s.pending[c.DeliveryTag]
 			delete(s.pending, c.DeliveryTag)
 			if pp != nil {
-				delete(s.byID, pp.id)
+				delete(s.byKey, pp.key)
 			}
 			s.pendMu.Unlock()
 			if pp == nil {
@@ -152,8 +157,9 @@ func (s *pubSession) listen(confirms chan amqp.Confirmation, returns chan amqp.R
 }
 
 func (s *pubSession) markReturned(r *amqp.Return) {
+	key, _ := r.Headers[publishKeyHeader].(string)
 	s.pendMu.Lock()
-	if seq, found := s.byID[r.MessageId]; found {
+	if seq, found := s.byKey[key]; found {
 		s.pending[seq].returned = r
 	}
 	s.pendMu.Unlock()
@@ -163,21 +169,31 @@ var errNacked = errors.New("the broker refused the message (nack)")
 
 // publish publishes msg to queue through the default exchange and returns
 // once the broker confirmed it. A msg without MessageId gets a unique one.
+// The message carries the header publishKeyHeader (msg.Headers itself is
+// not modified).
 func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishing) error {
+	id := p.ids.Add(1)
 	if msg.MessageId == "" {
-		msg.MessageId = p.prefix + "." + itoa(p.ids.Add(1))
+		msg.MessageId = p.prefix + "." + itoa(id)
 	}
+	key := p.prefix + "." + itoa(id)
+	headers := make(amqp.Table, len(msg.Headers)+1)
+	for k, v := range msg.Headers {
+		headers[k] = v
+	}
+	headers[publishKeyHeader] = key
+	msg.Headers = headers
 	for {
 		s, err := p.session(ctx)
 		if err != nil {
 			return fmt.Errorf("publish to queue %q: %w", queue, err)
 		}
-		pp := &pendingPub{id: msg.MessageId, done: make(chan error, 1)}
+		pp := &pendingPub{key: key, done: make(chan error, 1)}
 		s.pubMu.Lock()
 		seq := s.ch.GetNextPublishSeqNo()
 		s.pendMu.Lock()
 		s.pending[seq] = pp
-		s.byID[pp.id] = seq
+		s.byKey[key] = seq
 		s.pendMu.Unlock()
 		err = s.ch.PublishWithContext(ctx, "", queue, true, false, msg)
 		s.pubMu.Unlock()
@@ -226,7 +242,7 @@ func wrapPublish(queue string, err error) error {
 func (s *pubSession) forget(seq uint64) {
 	s.pendMu.Lock()
 	if pp := s.pending[seq]; pp != nil {
-		delete(s.byID, pp.id)
+		delete(s.byKey, pp.key)
 	}
 	delete(s.pending, seq)
 	s.pendMu.Unlock()
