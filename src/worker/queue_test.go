@@ -38,6 +38,29 @@ func getOne(t *testing.T, ch *amqp.Channel, queue string) amqp.Delivery {
 	return d
 }
 
+// getOneOnceDeclared is getOne for a queue that may not exist yet.
+func getOneOnceDeclared(t *testing.T, queue string) amqp.Delivery {
+	t.Helper()
+	conn, err := amqp.Dial(brokerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var d amqp.Delivery
+	var ch *amqp.Channel
+	eventually(t, "a message in "+queue, func() bool {
+		if ch == nil || ch.IsClosed() { // a get from a missing queue closes it
+			if ch, err = conn.Channel(); err != nil {
+				t.Fatalf("open channel: %v", err)
+			}
+		}
+		var ok bool
+		d, ok, err = ch.Get(queue, true)
+		return err == nil && ok
+	})
+	return d
+}
+
 func queueLen(t *testing.T, ch *amqp.Channel, queue string) int {
 	t.Helper()
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
@@ -292,5 +315,61 @@ func TestLargeBody(t *testing.T) {
 	var n int
 	if err := c.Call(ctx, r, big, &n); err != nil || n != len(big) {
 		t.Fatalf("10 MB call: %d, %v", n, err)
+	}
+}
+
+// A dead letter that cannot be confirmed is neither dropped nor retried in
+// a tight loop: a deleted dead-letter queue is declared again, and one that
+// refuses messages makes the worker wait longer before each redelivery.
+func TestDeadLetterQueueTrouble(t *testing.T) {
+	requireBroker(t)
+	conn := dial(t, "")
+	r := route(t, "dlq-trouble")
+	dlq := r + worker.DeadLetterSuffix
+	var runs atomic.Int32
+	q := worker.NewQueue(conn, worker.WithRetry(worker.Retry{Attempts: 1}))
+	q.Handle(r, worker.Job(func(_ context.Context, j job) error {
+		runs.Add(1)
+		return fmt.Errorf("job %s: %w", j.ID, worker.ErrBadRequest)
+	}))
+	start(t, q)
+	ch := raw(t)
+	publish := func(id string) {
+		t.Helper()
+		body := fmt.Appendf(nil, `{"data": {"id": %q}}`, id)
+		if err := ch.PublishWithContext(context.Background(), "", r, false, false, amqp.Publishing{Body: body, DeliveryMode: amqp.Persistent}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Deleted: the worker declares it again and the dead letter lands.
+	if _, err := ch.QueueDelete(dlq, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	publish("deleted")
+	if d := getOneOnceDeclared(t, dlq); !strings.Contains(string(d.Body), "deleted") {
+		t.Fatalf("dead letter %s, want the message with id deleted", d.Body)
+	}
+
+	// Refusing every message (nack): the message goes back to its queue a
+	// few times in 3 s, not thousands, and lands once the queue accepts.
+	if _, err := ch.QueueDelete(dlq, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(dlq, true, false, false, false, amqp.Table{"x-max-length": int32(0), "x-overflow": "reject-publish"}); err != nil {
+		t.Fatal(err)
+	}
+	runs.Store(0)
+	publish("refused")
+	time.Sleep(3 * time.Second)
+	if n := runs.Load(); n < 1 || n > 10 {
+		t.Fatalf("handler ran %d times in 3 s while the dead-letter queue refused messages, want a few (1 s, 2 s backoff)", n)
+	}
+	if _, err := ch.QueueDelete(dlq, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	d := getOneOnceDeclared(t, dlq)
+	if !strings.Contains(string(d.Body), "refused") || d.Headers[worker.HeaderRoute] != r {
+		t.Fatalf("dead letter %s %v, want the message with id refused", d.Body, d.Headers)
 	}
 }

@@ -216,6 +216,8 @@ type consumer struct {
 	mu  sync.Mutex
 	ch  *amqp.Channel
 	tag string
+
+	dlqFails atomic.Int32 // consecutive dead letters that could not be confirmed
 }
 
 // setup opens a channel, declares the route's queues and starts consuming.
@@ -483,10 +485,14 @@ func (c *consumer) serveQueue(ack *acker, d *amqp.Delivery) {
 }
 
 // deadLetter publishes the message to the route's dead-letter queue with
-// the error in its headers and, once confirmed, acks it. When the dead
-// letter cannot be confirmed the message is requeued, never dropped.
+// the error in its headers and, once confirmed, acks it. When the
+// dead-letter queue is gone it is declared again. When the dead letter
+// still cannot be confirmed the message is requeued after a wait that grows
+// with each consecutive failure (1 s up to 30 s), never dropped and never
+// redelivered in a tight loop.
 func (c *consumer) deadLetter(ack *acker, d *amqp.Delivery, cause error, attempts int) {
 	s := c.s
+	dlq := c.route + DeadLetterSuffix
 	headers := amqp.Table{}
 	for k, v := range d.Headers {
 		headers[k] = v
@@ -495,9 +501,7 @@ func (c *consumer) deadLetter(ack *acker, d *amqp.Delivery, cause error, attempt
 	headers[HeaderErrorType] = errorType(cause)
 	headers[HeaderAttempts] = int32(attempts)
 	headers[HeaderRoute] = c.route
-	ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
-	defer cancel()
-	err := s.dlq.publish(ctx, c.route+DeadLetterSuffix, amqp.Publishing{
+	msg := amqp.Publishing{
 		Headers:         headers,
 		ContentType:     d.ContentType,
 		ContentEncoding: d.ContentEncoding,
@@ -508,14 +512,43 @@ func (c *consumer) deadLetter(ack *acker, d *amqp.Delivery, cause error, attempt
 		Type:            d.Type,
 		AppId:           d.AppId,
 		Body:            d.Body,
-	})
+	}
+	ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
+	defer cancel()
+	err := s.dlq.publish(ctx, dlq, msg)
+	if errors.Is(err, ErrNoRoute) {
+		s.opts.logger.Warn("dead-letter queue missing; declaring it again", "route", c.route, "queue", dlq)
+		if derr := c.declareDLQ(ctx); derr != nil {
+			err = fmt.Errorf("%w; declare it again: %w", err, derr)
+		} else {
+			err = s.dlq.publish(ctx, dlq, msg)
+		}
+	}
 	if err != nil {
-		s.opts.logger.Error("cannot dead-letter message; requeued", "route", c.route, "err", err, "cause", cause)
+		n := c.dlqFails.Add(1)
+		wait := min(time.Second<<min(n-1, 5), 30*time.Second)
+		s.opts.logger.Error("cannot dead-letter message; requeueing it after a wait", "route", c.route, "queue", dlq, "err", err, "cause", cause, "in", wait)
+		select {
+		case <-time.After(wait):
+		case <-s.stop: // shutting down: give it back now
+		}
 		ack.requeue(d.DeliveryTag)
 		return
 	}
-	s.opts.logger.Warn("message dead-lettered", "route", c.route, "queue", c.route+DeadLetterSuffix, "attempts", attempts, "err", cause)
+	c.dlqFails.Store(0)
+	s.opts.logger.Warn("message dead-lettered", "route", c.route, "queue", dlq, "attempts", attempts, "err", cause)
 	ack.ack(d.DeliveryTag)
+}
+
+// declareDLQ declares the route's dead-letter queue on a channel of its own.
+func (c *consumer) declareDLQ(ctx context.Context) error {
+	ch, err := c.s.conn.channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = ch.Close() }()
+	_, err = ch.QueueDeclare(c.route+DeadLetterSuffix, true, false, false, false, nil)
+	return err
 }
 
 func randomHex(n int) string {
