@@ -25,9 +25,10 @@ type Client struct {
 	lim  limits
 	pub  *publisher
 
-	mu     sync.Mutex
-	sess   *callSession
-	closed bool
+	mu      sync.Mutex // guards sess and closed; never held while waiting
+	sess    *callSession
+	closed  bool
+	opening chan struct{} // 1 slot: held by the caller opening a session
 
 	prefix string
 	seq    atomic.Uint64
@@ -54,11 +55,12 @@ type callResult struct {
 func NewClient(conn *Conn, opts ...Option) *Client {
 	o := newOptions(opts)
 	return &Client{
-		conn:   conn,
-		opts:   o,
-		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
-		pub:    newPublisher(conn, o.logger),
-		prefix: randomHex(6) + ".",
+		conn:    conn,
+		opts:    o,
+		lim:     limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
+		pub:     newPublisher(conn, o.logger),
+		opening: make(chan struct{}, 1),
+		prefix:  randomHex(6) + ".",
 	}
 }
 
@@ -197,8 +199,8 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// session returns the live call session, opening one when needed.
-func (c *Client) session(ctx context.Context) (*callSession, error) {
+// live returns the current session if it is alive.
+func (c *Client) live() (*callSession, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -210,6 +212,25 @@ func (c *Client) session(ctx context.Context) (*callSession, error) {
 		default:
 			return s, nil
 		}
+	}
+	return nil, nil
+}
+
+// session returns the live call session, opening one when needed. One
+// caller at a time opens it (which waits while the connection is down);
+// the others wait for it only as long as their own ctx lets them.
+func (c *Client) session(ctx context.Context) (*callSession, error) {
+	if s, err := c.live(); s != nil || err != nil {
+		return s, err
+	}
+	select {
+	case c.opening <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("RabbitMQ at %s is unreachable: %w", c.conn.addr, ctx.Err())
+	}
+	defer func() { <-c.opening }()
+	if s, err := c.live(); s != nil || err != nil { // opened while we waited
+		return s, err
 	}
 	ch, err := c.conn.channel(ctx)
 	if err != nil {
@@ -224,6 +245,12 @@ func (c *Client) session(ctx context.Context) (*callSession, error) {
 	returns := ch.NotifyReturn(make(chan amqp.Return, 16))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	go s.listen(returns, closes)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed { // Close ran meanwhile
+		_ = ch.Close()
+		return nil, ErrClosed
+	}
 	c.sess = s
 	return s, nil
 }

@@ -24,9 +24,10 @@ type publisher struct {
 	ids  atomic.Uint64
 	live atomic.Pointer[pubSession] // fast path: the current session
 
-	mu     sync.Mutex
-	sess   *pubSession
-	closed bool
+	mu      sync.Mutex // guards sess and closed; never held while waiting
+	sess    *pubSession
+	closed  bool
+	opening chan struct{} // 1 slot: held by the caller opening a session
 }
 
 type pubSession struct {
@@ -51,18 +52,11 @@ type pendingPub struct {
 }
 
 func newPublisher(conn *Conn, logger *slog.Logger) *publisher {
-	return &publisher{conn: conn, logger: logger, prefix: randomHex(6)}
+	return &publisher{conn: conn, logger: logger, prefix: randomHex(6), opening: make(chan struct{}, 1)}
 }
 
-// session returns the live session, opening one when needed.
-func (p *publisher) session(ctx context.Context) (*pubSession, error) {
-	if s := p.live.Load(); s != nil {
-		select {
-		case <-s.dead:
-		default:
-			return s, nil
-		}
-	}
+// current returns the current session if it is alive.
+func (p *publisher) current() (*pubSession, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -74,6 +68,32 @@ func (p *publisher) session(ctx context.Context) (*pubSession, error) {
 		default:
 			return s, nil
 		}
+	}
+	return nil, nil
+}
+
+// session returns the live session, opening one when needed. One caller
+// at a time opens it (which waits while the connection is down); the
+// others wait for it only as long as their own ctx lets them.
+func (p *publisher) session(ctx context.Context) (*pubSession, error) {
+	if s := p.live.Load(); s != nil {
+		select {
+		case <-s.dead:
+		default:
+			return s, nil
+		}
+	}
+	if s, err := p.current(); s != nil || err != nil {
+		return s, err
+	}
+	select {
+	case p.opening <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("RabbitMQ at %s is unreachable: %w", p.conn.addr, ctx.Err())
+	}
+	defer func() { <-p.opening }()
+	if s, err := p.current(); s != nil || err != nil { // opened while we waited
+		return s, err
 	}
 	ch, err := p.conn.channel(ctx)
 	if err != nil {
@@ -97,6 +117,12 @@ func (p *publisher) session(ctx context.Context) (*pubSession, error) {
 	returns := ch.NotifyReturn(make(chan amqp.Return, 64))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	go s.listen(confirms, returns, closes)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed { // close ran meanwhile
+		_ = ch.Close()
+		return nil, ErrClosed
+	}
 	p.sess = s
 	p.live.Store(s)
 	return s, nil

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -160,4 +161,44 @@ func TestQueueDeletedResumesWithoutLeak(t *testing.T) {
 		callEventually(t, c, r)
 	}
 	eventually(t, "worker connection back to 1 channel", func() bool { return channels(t, name) == 1 })
+}
+
+// While the connection is down, a Call or Publish with a short deadline
+// fails when its own deadline passes, not after another caller's longer
+// one: callers do not queue behind whoever is waiting for the reconnect.
+func TestShortDeadlineNotBehindLongOne(t *testing.T) {
+	requireBroker(t)
+	conn, p := dialProxied(t)
+	c := client(t, conn)
+	p.silence()
+	eventually(t, "the Conn tries to reconnect", func() bool { return p.silentAccepts() > 0 })
+	for _, op := range []struct {
+		name string
+		do   func(context.Context) error
+	}{
+		{"Call", func(ctx context.Context) error { return c.Call(ctx, "wt-nowhere", "x", nil) }},
+		{"Publish", func(ctx context.Context) error { return c.Publish(ctx, "wt-nowhere", "x") }},
+	} {
+		var wg sync.WaitGroup
+		long, cancelLong := context.WithTimeout(context.Background(), 20*time.Second)
+		longDone := make(chan error, 1)
+		wg.Go(func() { longDone <- op.do(long) })
+		time.Sleep(200 * time.Millisecond) // let it start waiting for the reconnect
+		short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		shortDone := make(chan error, 1)
+		wg.Go(func() { shortDone <- op.do(short) })
+		select {
+		case err := <-shortDone:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s with a short deadline = %v, want DeadlineExceeded", op.name, err)
+			}
+		case err := <-longDone:
+			t.Errorf("%s with the long deadline returned (%v) before the short one", op.name, err)
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s with a 300 ms deadline still waiting after 10 s, behind the one with a long deadline", op.name)
+		}
+		cancelLong()
+		cancel()
+		wg.Wait()
+	}
 }
