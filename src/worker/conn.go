@@ -250,7 +250,7 @@ func (c *Conn) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
 				c.logger.Warn("RabbitMQ connection lost, reconnecting", "addr", c.addr, "err", err)
 			}
 		case <-c.done:
-			_ = conn.Close()
+			_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
 			return
 		}
 		ctx, cancel := context.WithCancel(context.Background())
@@ -324,7 +324,11 @@ func (c *Conn) channel(ctx context.Context) (*amqp.Channel, error) {
 	}
 }
 
-// Close closes the connection. Workers and clients built on it stop; close
+// closeTimeout bounds the close handshake of Close.
+const closeTimeout = 5 * time.Second
+
+// Close closes the connection (waiting at most 5 s for the broker to
+// confirm). Workers and clients built on it stop; close
 // them first (Shutdown, Client.Close) so their in-flight work completes.
 func (c *Conn) Close() error {
 	c.close.Do(func() { close(c.done) })
@@ -334,7 +338,7 @@ func (c *Conn) Close() error {
 	c.cur = nil
 	c.mu.Unlock()
 	if conn != nil && !conn.IsClosed() {
-		return conn.Close()
+		return conn.CloseDeadline(time.Now().Add(closeTimeout))
 	}
 	return nil
 }

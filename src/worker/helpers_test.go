@@ -237,7 +237,8 @@ type proxy struct {
 	mu       sync.Mutex
 	silent   bool
 	conns    []net.Conn
-	accepted int // connections accepted while silent
+	accepted int           // connections accepted while silent
+	frozen   chan struct{} // while not nil, nothing is passed on; closed by shut
 }
 
 func newProxy(tb testing.TB, target string) *proxy {
@@ -278,9 +279,41 @@ func (p *proxy) forward(c net.Conn) {
 	p.mu.Lock()
 	p.conns = append(p.conns, up)
 	p.mu.Unlock()
-	go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
-	_, _ = io.Copy(c, up)
+	go func() { p.pipe(up, c); _ = up.Close() }()
+	p.pipe(c, up)
 	_ = c.Close()
+}
+
+// pipe copies from src to dst, holding the data back while frozen.
+func (p *proxy) pipe(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			frozen := p.frozen
+			p.mu.Unlock()
+			if frozen != nil {
+				<-frozen
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// freeze keeps the connections open but passes nothing on, as a broker
+// that hangs; shut ends it.
+func (p *proxy) freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen == nil {
+		p.frozen = make(chan struct{})
+	}
 }
 
 // shut closes the listener and every connection.
@@ -291,6 +324,10 @@ func (p *proxy) shut() {
 		_ = c.Close()
 	}
 	p.conns = nil
+	if p.frozen != nil {
+		close(p.frozen)
+		p.frozen = nil
+	}
 	p.mu.Unlock()
 }
 

@@ -355,3 +355,34 @@ func TestCloseDuringHungReconnect(t *testing.T) {
 		t.Fatal("Conn.Close blocked for 10 s behind a hung reconnect")
 	}
 }
+
+// Shutdown returns when its ctx ends even if the broker never answers the
+// cancel of its consumers.
+func TestShutdownBoundedWhenBrokerHangs(t *testing.T) {
+	requireBroker(t)
+	conn, p := dialProxied(t)
+	r := route(t, "hang")
+	rpc := worker.NewRPC(conn)
+	rpc.Handle(r, worker.Func(hello))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := rpc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.freeze()
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		done <- rpc.Shutdown(ctx)
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		p.shut() // unblock it, so the test ends
+		t.Fatal("Shutdown with a 1 s ctx still blocked after 10 s on a broker that does not answer")
+	}
+}

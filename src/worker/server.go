@@ -171,14 +171,13 @@ func (s *server) shutdown(ctx context.Context) error {
 	consumers := s.consumers
 	s.mu.Unlock()
 
-	for _, c := range consumers {
-		c.cancel()
-	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.opts.drain)
 		defer cancel()
 	}
+	// Cancelling is a round trip to the broker: bounded by ctx, like the rest.
+	within(ctx, consumers, func(c *consumer) { c.cancel() })
 	done := make(chan struct{})
 	go func() {
 		s.loops.Wait()
@@ -190,7 +189,11 @@ func (s *server) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		n := s.running.Load()
 		s.cancelBase()
-		err = fmt.Errorf("shutdown of %s worker: %d handlers still running when the wait ended; their messages go back to the queue: %w", s.kind, n, ctx.Err())
+		if n > 0 {
+			err = fmt.Errorf("shutdown of %s worker: %d handlers still running when the wait ended; their messages go back to the queue: %w", s.kind, n, ctx.Err())
+		} else {
+			err = fmt.Errorf("shutdown of %s worker: the broker did not confirm the end of consuming in time; unsettled messages go back to the queue: %w", s.kind, ctx.Err())
+		}
 		// Give handlers that honour ctx a moment to return and ack.
 		select {
 		case <-done:
@@ -198,13 +201,31 @@ func (s *server) shutdown(ctx context.Context) error {
 		}
 	}
 	s.cancelBase()
-	for _, c := range consumers {
-		c.closeChannel()
-	}
+	// Closing is a round trip too: once ctx has ended the closes finish in
+	// the background (or when the connection closes).
+	within(ctx, consumers, func(c *consumer) { c.closeChannel() })
 	if s.dlq != nil {
-		s.dlq.close()
+		within(ctx, []*publisher{s.dlq}, func(p *publisher) { p.close() })
 	}
 	return err
+}
+
+// within runs f on each item concurrently and waits until all return or
+// ctx ends, whichever comes first.
+func within[T any](ctx context.Context, items []T, f func(T)) {
+	var wg sync.WaitGroup
+	for _, it := range items {
+		wg.Go(func() { f(it) })
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // consumer consumes one route.
