@@ -22,8 +22,9 @@ var ErrClosed = errors.New("worker: connection closed")
 // Conn is one connection to RabbitMQ shared by workers and clients. When the
 // connection drops, Conn reconnects in the background (backoff from 100 ms
 // up to 5 s, forever until Close) and every worker and client built on it
-// opens new channels, redeclares its queues and resumes. It is safe for
-// concurrent use.
+// opens new channels, redeclares its queues and resumes. A reconnect the
+// broker refuses (credentials, vhost, permissions) is retried too, and
+// logged at error level once a minute. It is safe for concurrent use.
 type Conn struct {
 	uri    amqp.URI
 	cfg    amqp.Config
@@ -71,6 +72,10 @@ func Dial(ctx context.Context, cfg Config, opts ...Option) (*Conn, error) {
 	return c, nil
 }
 
+// refusedLogEvery is how often a reconnect refused by the broker is logged
+// at error level (the retries in between log at debug level).
+const refusedLogEvery = time.Minute
+
 // handshakeTimeout bounds one connection attempt: TCP connect, TLS and AMQP
 // handshake. (A listener that accepts and never answers would otherwise
 // hold the attempt forever: heartbeats start only after the handshake.)
@@ -83,6 +88,7 @@ const handshakeTimeout = 30 * time.Second
 func (c *Conn) connect(ctx context.Context, permanentFails bool) (*amqp.Connection, chan *amqp.Error, error) {
 	backoff := 100 * time.Millisecond
 	var last error
+	var loud time.Time // when a refused login was last logged at error level
 	for {
 		conn, closed, err := c.dialOnce(ctx)
 		if err == nil {
@@ -93,7 +99,15 @@ func (c *Conn) connect(ctx context.Context, permanentFails bool) (*amqp.Connecti
 			return nil, nil, fmt.Errorf("RabbitMQ at %s refused user %q on vhost %q: %w; check BROKER_USER, BROKER_PASS and BROKER_VHOST",
 				c.addr, c.uri.Username, c.uri.Vhost, err)
 		}
-		if ctx.Err() == nil {
+		switch {
+		case ctx.Err() != nil:
+		case refused(err) && (loud.IsZero() || time.Since(loud) >= refusedLogEvery):
+			// Retrying may help (the login can be fixed while we wait), but
+			// an operator must hear of it.
+			loud = time.Now()
+			c.logger.Error("RabbitMQ refuses the login; retrying (check the user, password, vhost and permissions)",
+				"addr", c.addr, "user", c.uri.Username, "vhost", c.uri.Vhost, "err", err)
+		default:
 			c.logger.Debug("cannot reach RabbitMQ, retrying", "addr", c.addr, "user", c.uri.Username, "err", cause(err), "in", backoff)
 		}
 		select {

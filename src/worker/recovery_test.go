@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -200,5 +202,74 @@ func TestShortDeadlineNotBehindLongOne(t *testing.T) {
 		cancelLong()
 		cancel()
 		wg.Wait()
+	}
+}
+
+// records is a slog.Handler that keeps every record's level and message.
+type records struct {
+	mu   sync.Mutex
+	list []slog.Record
+}
+
+func (r *records) Enabled(context.Context, slog.Level) bool { return true }
+func (r *records) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	r.list = append(r.list, rec)
+	r.mu.Unlock()
+	return nil
+}
+func (r *records) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *records) WithGroup(string) slog.Handler      { return r }
+
+// count counts the records at level whose message contains text.
+func (r *records) count(level slog.Level, text string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, rec := range r.list {
+		if rec.Level == level && strings.Contains(rec.Message, text) {
+			n++
+		}
+	}
+	return n
+}
+
+// A reconnect the broker refuses (the user was deleted) is logged at error
+// level, once, not once per retry.
+func TestReconnectRefusedLoggedAsError(t *testing.T) {
+	requireBroker(t)
+	ctl := func(args ...string) error {
+		out, err := exec.Command("rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("rabbitmqctl %v: %w\n%s", args, err, out)
+		}
+		return nil
+	}
+	user, pass := testenv.Name("worker-test-user-"), "pw-"+testenv.Name("")
+	if err := ctl("add_user", user, pass); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ctl("delete_user", user) })
+	cfg := brokerConfig()
+	if err := ctl("set_permissions", "-p", cfg.VHost, user, ".*", ".*", ".*"); err != nil {
+		t.Fatal(err)
+	}
+	cfg.User, cfg.Password = user, pass
+	var logs records
+	name := testenv.Name("worker-test-refused-")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := worker.Dial(ctx, cfg, worker.WithName(name), worker.WithLogger(slog.New(&logs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+
+	if err := ctl("delete_user", user); err != nil { // the broker closes its connections
+		t.Fatal(err)
+	}
+	eventually(t, "several refused reconnects", func() bool { return logs.count(slog.LevelDebug, "retrying") >= 2 })
+	if n := logs.count(slog.LevelError, "refuses the login"); n != 1 {
+		t.Fatalf("%d error records about the refused login after several retries, want 1", n)
 	}
 }
