@@ -15,7 +15,10 @@ import (
 // once; under load, acks that cover a contiguous run of delivery tags from
 // the lowest unsettled one go out as one multiple ack. Anything else is
 // sent one by one, so a slow handler never holds back the acks of others.
-// When a handler's call returns, its ack has been sent.
+// An ack added while another handler is flushing is sent by that handler,
+// so add may return before its ack is on the wire; every ack is sent by the
+// time the consumer's handlers have all returned (the last flusher drains
+// the queue before it returns).
 type acker struct {
 	ch  *amqp.Channel
 	log *slog.Logger

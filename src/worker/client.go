@@ -72,7 +72,8 @@ func NewClient(conn *Conn, opts ...Option) *Client {
 //     ends first; the deadline travels with the request, so a worker does
 //     not start it once the caller has given up;
 //   - an error matching ErrConnectionLost when the connection dropped
-//     while waiting.
+//     while waiting;
+//   - an error matching ErrClosed when the Client (or its Conn) was closed.
 //
 // req may be a json.RawMessage to send pre-encoded data.
 func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
@@ -139,6 +140,9 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
 			}
 			s.deliver(d.CorrelationId, callResult{body: d.Body})
 		case <-s.dead:
+			if _, err := c.live(); err != nil || c.conn.isClosed() { // closed by the caller
+				return fmt.Errorf("call %q: no reply: %w", route, ErrClosed)
+			}
 			return fmt.Errorf("call %q: %w", route, ErrConnectionLost)
 		case <-ctx.Done():
 			return fmt.Errorf("call %q: no reply: %w", route, ctx.Err())
@@ -186,7 +190,9 @@ func (c *Client) Publish(ctx context.Context, queue string, msg any) error {
 	})
 }
 
-// Close closes the client's channels. Calls and Publishes in progress fail.
+// Close closes the client's channels. Calls and Publishes in progress, and
+// any made later, fail with an error matching [ErrClosed] (a Publish cut
+// off this way may still have reached its queue).
 func (c *Client) Close() error {
 	c.mu.Lock()
 	c.closed = true

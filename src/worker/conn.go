@@ -357,6 +357,16 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// isClosed reports whether Close was called.
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // refused reports whether the broker turned the login down (credentials,
 // vhost, permissions): retrying will not help.
 func refused(err error) bool {

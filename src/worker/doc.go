@@ -55,7 +55,12 @@
 //
 // # Best practices
 //
-//   - One [Conn] per process, shared by all workers and clients.
+//   - One [Conn] per process, shared by all workers and clients. Under a
+//     memory or disk alarm the broker blocks every connection that
+//     publishes, including the workers' replies and acks on it; a process
+//     that publishes heavily with [Client] may want a second Conn for it,
+//     so its queue workers keep consuming and acking (which relieves the
+//     broker) while its publishers are held back.
 //   - Call Start on each worker, and Shutdown in reverse order before
 //     Conn.Close.
 //   - Give every Call a ctx with a deadline.

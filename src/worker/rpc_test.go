@@ -282,3 +282,30 @@ func TestRawHandler(t *testing.T) {
 		t.Fatalf("reply data = %s", got)
 	}
 }
+
+// A Call waiting for its reply when its Client is closed fails with
+// ErrClosed, not ErrConnectionLost: nothing was lost, the caller closed it.
+func TestCallCutByClose(t *testing.T) {
+	requireBroker(t)
+	conn := dial(t, "")
+	r := route(t, "cut")
+	started, release := make(chan struct{}), make(chan struct{})
+	rpc := worker.NewRPC(conn)
+	rpc.Handle(r, worker.Func(func(_ context.Context, _ string) (string, error) {
+		close(started)
+		<-release
+		return "late", nil
+	}))
+	start(t, rpc)
+	defer close(release)
+	c := worker.NewClient(conn)
+	done := make(chan error, 1)
+	go func() { done <- c.Call(context.Background(), r, "x", nil) }()
+	<-started
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, worker.ErrClosed) {
+		t.Fatalf("Call cut by Close = %v, want ErrClosed", err)
+	}
+}
