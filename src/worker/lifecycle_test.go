@@ -361,6 +361,7 @@ func TestCloseDuringHungReconnect(t *testing.T) {
 func TestShutdownBoundedWhenBrokerHangs(t *testing.T) {
 	requireBroker(t)
 	conn, p := dialProxied(t)
+	t.Cleanup(p.shut) // before the Conn's Close, which would wait for the frozen broker
 	r := route(t, "hang")
 	rpc := worker.NewRPC(conn)
 	rpc.Handle(r, worker.Func(hello))
