@@ -181,6 +181,54 @@ func TestShutdownDrains(t *testing.T) {
 	}
 }
 
+// StopIntake stops taking requests at once while the one in flight goes on:
+// a request sent after it waits in the queue, and Shutdown then drains the
+// one in flight, whose reply still arrives.
+func TestStopIntakeThenShutdown(t *testing.T) {
+	requireBroker(t)
+	conn := dial(t, "")
+	r := route(t, "intake")
+	inFlight := make(chan struct{})
+	var calls atomic.Int64
+	rpc := worker.NewRPC(conn)
+	rpc.Handle(r, worker.Func(func(ctx context.Context, i int) (int, error) {
+		if calls.Add(1) == 1 {
+			close(inFlight)
+		}
+		time.Sleep(500 * time.Millisecond)
+		return i * 10, nil
+	}))
+	start(t, rpc)
+	c := client(t, dial(t, ""))
+	first := make(chan error, 1)
+	var got int
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		first <- c.Call(ctx, r, 1, &got)
+	}()
+	<-inFlight
+	if err := rpc.StopIntake(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	if err := c.Call(ctx, r, 2, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("call after StopIntake: %v, want it left in the queue (DeadlineExceeded)", err)
+	}
+	shutdownCtx, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if err := rpc.Shutdown(shutdownCtx); err != nil {
+		t.Fatalf("Shutdown after StopIntake: %v", err)
+	}
+	if err := <-first; err != nil || got != 10 {
+		t.Fatalf("the call in flight at StopIntake: %d, %v; want its reply", got, err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1: the request sent after StopIntake was taken", n)
+	}
+}
+
 // Shutdown gives up when its ctx ends, cancels handler contexts and reports
 // how many handlers were still running; their messages go back to the queue.
 func TestShutdownTimeout(t *testing.T) {

@@ -59,10 +59,11 @@ type server struct {
 	routes    map[string]Handler
 	order     []string
 	started   bool
+	shut      bool // Shutdown ran
 	consumers []*consumer
 
-	stopping   atomic.Bool
-	stop       chan struct{} // closed when Shutdown starts
+	stopping   atomic.Bool   // no new deliveries: StopIntake or Shutdown ran
+	stop       chan struct{} // closed when the intake stops (StopIntake or Shutdown)
 	base       context.Context
 	cancelBase context.CancelFunc // called when Shutdown gives up waiting
 
@@ -160,15 +161,35 @@ func (s *server) start(ctx context.Context) error {
 	return nil
 }
 
-func (s *server) shutdown(ctx context.Context) error {
+// stopIntake stops consuming: the first call marks the worker stopping and
+// cancels its consumers (a round trip to the broker, bounded by ctx); later
+// calls only return the consumers.
+func (s *server) stopIntake(ctx context.Context) []*consumer {
 	s.mu.Lock()
-	if !s.started || s.stopping.Load() {
+	if !s.started {
 		s.mu.Unlock()
 		return nil
 	}
-	s.stopping.Store(true)
-	close(s.stop)
 	consumers := s.consumers
+	first := !s.stopping.Load()
+	if first {
+		s.stopping.Store(true)
+		close(s.stop)
+	}
+	s.mu.Unlock()
+	if first {
+		within(ctx, consumers, func(c *consumer) { c.cancel() })
+	}
+	return consumers
+}
+
+func (s *server) shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.started || s.shut {
+		s.mu.Unlock()
+		return nil
+	}
+	s.shut = true
 	s.mu.Unlock()
 
 	if _, ok := ctx.Deadline(); !ok {
@@ -176,8 +197,7 @@ func (s *server) shutdown(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, s.opts.drain)
 		defer cancel()
 	}
-	// Cancelling is a round trip to the broker: bounded by ctx, like the rest.
-	within(ctx, consumers, func(c *consumer) { c.cancel() })
+	consumers := s.stopIntake(ctx)
 	done := make(chan struct{})
 	go func() {
 		s.loops.Wait()
@@ -613,6 +633,14 @@ func (r *RPC) Start(ctx context.Context) error { return r.s.start(ctx) }
 // to their queue. It does not close the Conn.
 func (r *RPC) Shutdown(ctx context.Context) error { return r.s.shutdown(ctx) }
 
+// StopIntake stops taking new requests (cancels the consumers) without
+// waiting for the ones in flight; Shutdown then drains them. A runner calls
+// it on every worker first, so none takes work while another drains.
+func (r *RPC) StopIntake(ctx context.Context) error {
+	r.s.stopIntake(ctx)
+	return nil
+}
+
 // Queue is a work-queue worker: each route is a durable queue of persistent
 // messages. A handler failure is retried ([WithRetry], default
 // [DefaultRetry]); after the last attempt, or at once for a message that
@@ -641,3 +669,10 @@ func (q *Queue) Start(ctx context.Context) error { return q.s.start(ctx) }
 // Shutdown stops taking messages and waits for running handlers (retries
 // included) until ctx ends; see [RPC.Shutdown].
 func (q *Queue) Shutdown(ctx context.Context) error { return q.s.shutdown(ctx) }
+
+// StopIntake stops taking new messages (cancels the consumers) without
+// waiting for the ones in flight; Shutdown then drains them.
+func (q *Queue) StopIntake(ctx context.Context) error {
+	q.s.stopIntake(ctx)
+	return nil
+}
