@@ -354,13 +354,17 @@ func (m *Model[T]) Changes(raw map[string]json.RawMessage) (map[string]any, erro
 				out[name] = reflect.Zero(typ).Interface() // NULL
 				continue
 			}
-			return nil, &InvalidError{Table: t.name, Column: name,
-				Reason: fmt.Sprintf("null given, but the column's Go type %s cannot hold NULL", typ)}
+			return nil, &InvalidError{
+				Table: t.name, Column: name,
+				Reason: fmt.Sprintf("null given, but the column's Go type %s cannot hold NULL", typ),
+			}
 		}
 		v := reflect.New(typ)
 		if err := json.Unmarshal(value, v.Interface()); err != nil {
-			return nil, &InvalidError{Table: t.name, Column: name,
-				Reason: fmt.Sprintf("value %s does not fit the column's type (%s): %v", truncate(value, 40), t.cols[ci].typ, err)}
+			return nil, &InvalidError{
+				Table: t.name, Column: name,
+				Reason: fmt.Sprintf("value %s does not fit the column's type (%s): %v", truncate(value, 40), t.cols[ci].typ, err),
+			}
 		}
 		out[name] = v.Elem().Interface()
 	}

@@ -108,8 +108,10 @@ func TestRunStopsEveryIntakeBeforeDraining(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"start db", "start rpc", "start queue",
-		"stop intake queue", "stop intake rpc", "stop queue", "stop rpc", "stop db"}
+	want := []string{
+		"start db", "start rpc", "start queue",
+		"stop intake queue", "stop intake rpc", "stop queue", "stop rpc", "stop db",
+	}
 	if got := ev.get(); !slices.Equal(got, want) {
 		t.Fatalf("events = %q, want %q", got, want)
 	}
