@@ -174,9 +174,8 @@ func (c *Client) result(route string, r callResult, resp any) error {
 // queue). When no such queue exists it fails with an error matching
 // ErrNoRoute. When the connection drops before the confirm, Publish sends
 // the message again once reconnected, so a consumer may see it twice
-// (each message carries a unique message_id to tell). It also carries the
-// header x-publish-key, by which the client matches a return to its
-// publish. msg may be a json.RawMessage.
+// (each message carries a unique message_id to tell). msg may be a
+// json.RawMessage.
 func (c *Client) Publish(ctx context.Context, queue string, msg any) error {
 	body, err := encodeRequest(msg)
 	if err != nil {
@@ -185,8 +184,7 @@ func (c *Client) Publish(ctx context.Context, queue string, msg any) error {
 	return c.pub.publish(ctx, queue, amqp.Publishing{
 		ContentType:  ContentJSON,
 		DeliveryMode: amqp.Persistent,
-		MessageId:    c.prefix + itoa(c.seq.Add(1)),
-		Body:         body,
+		Body:         body, // the publisher gives it a unique message id
 	})
 }
 
