@@ -35,14 +35,6 @@ type Intake interface {
 	StopIntake(ctx context.Context) error
 }
 
-// Failer is implemented by services that can fail for good while running
-// (for example a connection whose reconnect budget ran out). When the channel
-// delivers an error, Run stops every service and returns that error, so the
-// process exits non-zero and its supervisor restarts it.
-type Failer interface {
-	Failed() <-chan error
-}
-
 // Runner starts services in order and stops them in reverse order.
 // The zero value is usable: it logs to slog.Default and drains for 10 s.
 type Runner struct {
@@ -76,20 +68,11 @@ func (n named) StopIntake(ctx context.Context) error {
 	return nil
 }
 
-// Failed forwards the wrapped service's failures, if it reports any.
-func (n named) Failed() <-chan error {
-	if f, ok := n.Service.(Failer); ok {
-		return f.Failed()
-	}
-	return nil
-}
-
 // Run starts services in the order given. If one fails to start, the ones
 // already started are shut down and its error is returned. Otherwise Run
-// waits until ctx ends, a signal arrives, or a service reports a failure,
-// then stops the intake of every [Intake], shuts the services down in
-// reverse order, and returns nil for a clean stop, or the failure and any
-// shutdown errors joined.
+// waits until ctx ends or a signal arrives, then stops the intake of every
+// [Intake], shuts the services down in reverse order, and returns the
+// shutdown errors joined (nil for a clean stop).
 func (r *Runner) Run(ctx context.Context, services ...Service) error {
 	log := r.Logger
 	if log == nil {
@@ -102,7 +85,6 @@ func (r *Runner) Run(ctx context.Context, services ...Service) error {
 	ctx, stopSignals := signal.NotifyContext(ctx, signals...)
 	defer stopSignals()
 
-	failed := make(chan error, len(services))
 	started := 0
 	for _, s := range services {
 		if err := s.Start(ctx); err != nil {
@@ -110,21 +92,13 @@ func (r *Runner) Run(ctx context.Context, services ...Service) error {
 		}
 		started++
 		log.Debug("started", "service", nameOf(s))
-		if f, ok := s.(Failer); ok && f.Failed() != nil {
-			go forward(ctx, s, f.Failed(), failed)
-		}
 	}
 	log.Info("service running; stop with SIGINT or SIGTERM")
 
-	var cause error
-	select {
-	case <-ctx.Done():
-		log.Info("stopping", "reason", context.Cause(ctx))
-	case cause = <-failed:
-		log.Error("stopping after a failure", "err", cause)
-	}
+	<-ctx.Done()
+	log.Info("stopping", "reason", context.Cause(ctx))
 	stopSignals() // a second signal now kills the process
-	return errors.Join(cause, r.shutdown(log, services))
+	return r.shutdown(log, services)
 }
 
 // shutdown stops every intake first, then shuts the services down in reverse
@@ -153,16 +127,6 @@ func (r *Runner) shutdown(log *slog.Logger, services []Service) error {
 		log.Debug("stopped", "service", nameOf(s))
 	}
 	return errors.Join(errs...)
-}
-
-func forward(ctx context.Context, s Service, from <-chan error, to chan<- error) {
-	select {
-	case err, ok := <-from:
-		if ok && err != nil {
-			to <- fmt.Errorf("%s failed: %w", nameOf(s), err)
-		}
-	case <-ctx.Done():
-	}
 }
 
 func nameOf(s Service) string {

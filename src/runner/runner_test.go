@@ -22,7 +22,6 @@ type recorder struct {
 	log      *events
 	startErr error
 	block    bool // Shutdown waits for its context to end
-	fail     chan error
 }
 
 type events struct {
@@ -55,8 +54,6 @@ func (r *recorder) Shutdown(ctx context.Context) error {
 	}
 	return nil
 }
-
-func (r *recorder) Failed() <-chan error { return r.fail }
 
 // intakeRecorder is a recorder whose intake can be stopped apart.
 type intakeRecorder struct{ recorder }
@@ -132,29 +129,6 @@ func TestRunStopsStartedServicesWhenOneFailsToStart(t *testing.T) {
 		t.Errorf("error text = %q, want %q", err, want)
 	}
 	want := []string{"start db", "start broker", "stop db"}
-	if got := ev.get(); !slices.Equal(got, want) {
-		t.Fatalf("events = %q, want %q", got, want)
-	}
-}
-
-func TestRunStopsEverythingWhenAServiceFails(t *testing.T) {
-	ev := &events{}
-	fail := make(chan error, 1)
-	r := &runner.Runner{Logger: quiet()}
-	done := make(chan error, 1)
-	go func() {
-		done <- r.Run(context.Background(),
-			&recorder{name: "db", log: ev},
-			runner.Named("broker", &recorder{name: "broker", log: ev, fail: fail}))
-	}()
-	waitFor(t, func() bool { return len(ev.get()) == 2 })
-	lost := errors.New("reconnect budget exhausted")
-	fail <- lost
-	err := <-done
-	if !errors.Is(err, lost) {
-		t.Fatalf("Run = %v, want it to wrap %v", err, lost)
-	}
-	want := []string{"start db", "start broker", "stop broker", "stop db"}
 	if got := ev.get(); !slices.Equal(got, want) {
 		t.Fatalf("events = %q, want %q", got, want)
 	}

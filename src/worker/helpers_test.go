@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/url"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -28,17 +27,6 @@ func brokerConfig() worker.Config {
 		Password: testenv.Env("BROKER_PASS", "guest"),
 		VHost:    testenv.Env("BROKER_VHOST", "/"),
 	}
-}
-
-// brokerURL is the broker's URL for plain amqp091 connections. (It does not
-// use testenv.BrokerURL, which escapes the vhost twice: "/" becomes "%2F".)
-func brokerURL() string {
-	c := brokerConfig()
-	u := url.URL{
-		Scheme: "amqp", User: url.UserPassword(c.User, c.Password),
-		Host: net.JoinHostPort(c.Host, strconv.Itoa(c.Port)), Path: "/" + c.VHost, RawPath: "/" + url.PathEscape(c.VHost),
-	}
-	return u.String()
 }
 
 // requireBroker skips in -short mode and fails when the broker is down.
@@ -70,7 +58,7 @@ func dial(tb testing.TB, name string) *worker.Conn {
 // checks, closed at cleanup.
 func raw(tb testing.TB) *amqp.Channel {
 	tb.Helper()
-	conn, err := amqp.Dial(brokerURL())
+	conn, err := amqp.Dial(testenv.BrokerURL())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -92,7 +80,7 @@ func route(tb testing.TB, prefix string) string {
 }
 
 func deleteQueues(tb testing.TB, names ...string) {
-	conn, err := amqp.Dial(brokerURL())
+	conn, err := amqp.Dial(testenv.BrokerURL())
 	if err != nil {
 		tb.Errorf("delete queues %v: %v", names, err)
 		return

@@ -14,6 +14,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"example.com/service/src/testenv"
 	"example.com/service/src/worker"
 )
 
@@ -41,7 +42,7 @@ func getOne(t *testing.T, ch *amqp.Channel, queue string) amqp.Delivery {
 // getOneOnceDeclared is getOne for a queue that may not exist yet.
 func getOneOnceDeclared(t *testing.T, queue string) amqp.Delivery {
 	t.Helper()
-	conn, err := amqp.Dial(brokerURL())
+	conn, err := amqp.Dial(testenv.BrokerURL())
 	if err != nil {
 		t.Fatal(err)
 	}
