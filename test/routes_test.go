@@ -70,12 +70,12 @@ func callers(t *testing.T, env stack.Env) map[string]caller {
 // both clients.
 func TestService(t *testing.T) {
 	env := stack.NewEnv(t, bins)
-	stack.Start(t, bins, env)
+	p := stack.Start(t, bins, env)
 
 	for name, call := range callers(t, env) {
 		t.Run(name, func(t *testing.T) { testRoutes(t, call) })
 	}
-	t.Run("queue routes", func(t *testing.T) { testQueueRoutes(t, env) })
+	t.Run("queue routes", func(t *testing.T) { testQueueRoutes(t, env, p) })
 	t.Run("20 concurrent one-second calls", func(t *testing.T) { testConcurrency(t, env) })
 	t.Run("malformed messages", func(t *testing.T) { testMalformed(t, env) })
 }
@@ -152,7 +152,7 @@ func testRoutes(t *testing.T, call caller) {
 	})
 }
 
-func testQueueRoutes(t *testing.T, env stack.Env) {
+func testQueueRoutes(t *testing.T, env stack.Env, p *stack.Process) {
 	client := env.Client(t)
 	seed := stack.NewSeedClient(t, env)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -173,11 +173,17 @@ func testQueueRoutes(t *testing.T, env stack.Env) {
 		}
 		waitForItems(t, client, s, 1)
 	})
-	t.Run("queue-test consumes", func(t *testing.T) {
-		if err := client.Publish(ctx, "queue-test", "hello queue"); err != nil {
+	t.Run("queue-test logs what it receives", func(t *testing.T) {
+		marker := testenv.Name("hello queue ")
+		if err := client.Publish(ctx, "queue-test", marker); err != nil {
 			t.Fatal(err)
 		}
 		waitForEmpty(t, env, "queue-test")
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(p.Logs(), marker); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the service log does not show the queue-test message %q", marker)
+			}
+		}
 	})
 	t.Run("a message that breaks the item rules is dead-lettered", func(t *testing.T) {
 		s := testenv.Name("too long ")
