@@ -3,128 +3,211 @@ package worker
 import (
 	"context"
 	"log/slog"
-	"slices"
 	"sync"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// acker settles the deliveries of one channel. Handlers hand it their acks;
-// the first to find nobody flushing becomes the flusher and sends, on its
-// own goroutine, everything queued meanwhile: alone, an ack goes out at
-// once; under load, acks that cover a contiguous run of delivery tags from
-// the lowest unsettled one go out as one multiple ack. Anything else is
-// sent one by one, so a slow handler never holds back the acks of others.
-// An ack added while another handler is flushing is sent by that handler,
-// so add may return before its ack is on the wire; every ack is sent by the
-// time the consumer's handlers have all returned (the last flusher drains
-// the queue before it returns).
+// ackPeriod is how often waiting acks are sent. An ack waits at most two
+// periods after its handler finished (one when nothing older is unfinished).
+const ackPeriod = time.Millisecond
+
+// settler is the part of *amqp.Channel the acker uses.
+type settler interface {
+	PublishWithContext(ctx context.Context, exchange, key string, mandatory, immediate bool, msg amqp.Publishing) error
+	Ack(tag uint64, multiple bool) error
+	Nack(tag uint64, multiple, requeue bool) error
+}
+
+// acker sends the replies and settles the deliveries of one channel, on a
+// goroutine of its own: handlers hand it their replies and acks and go on
+// at once, and it publishes and acks in batches, so handlers never queue on
+// the connection's write lock and the one goroutine that writes keeps its
+// stack grown.
+//
+// A reply goes out as soon as the acker gets to it. Acks are coalesced,
+// because a frame per message costs the broker and the client a syscall
+// each: a finished delivery's ack waits for the next tick (every
+// [ackPeriod]), which sends one multiple ack up to the highest tag below
+// which every delivery has finished. A finished delivery above an
+// unfinished one (a slow handler) is acked on its own at the tick after
+// that, so a slow handler holds back no one's ack for longer than two
+// periods. When a quarter of the prefetch is waiting (with a prefetch of
+// 1 to 7 that is every ack) the acks go out at once, so the broker never
+// stops delivering for want of them. A requeue (nack) goes out at once.
+//
+// An ack is sent only after its reply was published; a delivery whose reply
+// could not be published is never acked (its channel is gone, and the
+// broker redelivers it). drain sends everything handed in and stops the
+// acker.
 type acker struct {
-	ch  *amqp.Channel
-	log *slog.Logger
+	ch     settler
+	log    *slog.Logger
+	batch  int           // this many waiting acks are sent at once
+	period time.Duration // between ticks
 
-	mu       sync.Mutex
-	queue    []ackOp
-	spare    []ackOp
-	flushing bool
+	mu      sync.Mutex
+	queue   []ackOp
+	kick    chan struct{} // 1 slot: the queue has ops
+	stop    chan struct{} // closed by drain
+	stopped chan struct{} // closed when run returns
 
-	// Owned by the flusher.
-	watermark uint64          // every tag <= watermark is settled
-	settled   map[uint64]bool // settled tags above the watermark
+	// Owned by run.
+	tick      uint64              // ticks so far
+	watermark uint64              // every tag <= watermark is settled on the wire
+	ready     map[uint64]uint64   // finished, ack not sent yet: tag -> tick it finished in
+	sent      map[uint64]struct{} // settled on the wire one by one, above the watermark
 }
 
 type ackOp struct {
 	tag     uint64
 	nack    bool             // nack with requeue instead of ack
-	skip    bool             // reply failed: leave unsettled
 	replyTo string           // when set, publish reply there before acking
 	reply   *amqp.Publishing // the reply
 }
 
-func newAcker(ch *amqp.Channel, log *slog.Logger) *acker {
-	return &acker{ch: ch, log: log, settled: map[uint64]bool{}}
+// newAcker starts an acker for the deliveries of ch, consumed with
+// prefetch, that ticks every period ([ackPeriod]).
+func newAcker(ch settler, log *slog.Logger, prefetch int, period time.Duration) *acker {
+	a := &acker{
+		ch: ch, log: log, batch: max(1, prefetch/4), period: period,
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}),
+		ready: map[uint64]uint64{}, sent: map[uint64]struct{}{},
+	}
+	go a.run()
+	return a
 }
 
 func (a *acker) ack(tag uint64) { a.add(ackOp{tag: tag}) }
 
-// replyAndAck publishes reply to replyTo, then acks tag; when the reply
-// cannot be published the delivery is left unacked (the channel is gone and
-// the broker redelivers it).
+// replyAndAck publishes reply to replyTo, then acks tag.
 func (a *acker) replyAndAck(tag uint64, replyTo string, reply *amqp.Publishing) {
 	a.add(ackOp{tag: tag, replyTo: replyTo, reply: reply})
 }
+
 func (a *acker) requeue(tag uint64) { a.add(ackOp{tag: tag, nack: true}) }
 
+// add hands op to the acker and returns.
 func (a *acker) add(op ackOp) {
 	a.mu.Lock()
 	a.queue = append(a.queue, op)
-	if a.flushing {
-		a.mu.Unlock()
-		return
-	}
-	a.flushing = true
-	for len(a.queue) > 0 {
-		batch := a.queue
-		a.queue = a.spare[:0]
-		a.mu.Unlock()
-		a.flush(batch)
-		a.mu.Lock()
-		a.spare = batch
-	}
-	a.flushing = false
 	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default: // already kicked
+	}
 }
 
-func (a *acker) flush(batch []ackOp) {
-	// Replies first: a request is acked only after its reply went out.
+// drain sends everything handed in so far, including every waiting ack,
+// and stops the acker. Call it once, when no handler will hand in more.
+func (a *acker) drain() {
+	close(a.stop)
+	<-a.stopped
+}
+
+func (a *acker) run() {
+	defer close(a.stopped)
+	timer := time.NewTimer(a.period)
+	timer.Stop()
+	ticking := false
+	var spare []ackOp
+	for {
+		all := false
+		select {
+		case <-a.kick:
+		case <-timer.C:
+			ticking = false
+			a.tick++
+			a.sendDue(a.tick - 1)
+		case <-a.stop:
+			all = true
+		}
+		a.mu.Lock()
+		batch := a.queue
+		a.queue = spare[:0]
+		a.mu.Unlock()
+		a.flush(batch, all)
+		spare = batch
+		if all {
+			timer.Stop()
+			return
+		}
+		if len(a.ready) > 0 && !ticking {
+			ticking = true
+			timer.Reset(a.period)
+		}
+	}
+}
+
+// flush publishes the batch's replies, records its acks and sends those
+// that are due (all of them when all is set).
+func (a *acker) flush(batch []ackOp, all bool) {
 	for i := range batch {
 		op := &batch[i]
-		if op.reply == nil {
-			continue
-		}
-		if err := a.ch.PublishWithContext(context.Background(), "", op.replyTo, false, false, *op.reply); err != nil {
-			a.log.Warn("cannot send reply; the request will be redelivered", "reply_to", op.replyTo, "err", err)
-			op.skip = true
-		}
-		op.reply = nil
-	}
-	if len(batch) > 1 {
-		slices.SortFunc(batch, func(x, y ackOp) int {
-			switch {
-			case x.tag < y.tag:
-				return -1
-			case x.tag > y.tag:
-				return 1
+		switch {
+		case op.nack:
+			// Errors mean the channel is gone; its deliveries are redelivered.
+			_ = a.ch.Nack(op.tag, false, true)
+			a.sent[op.tag] = struct{}{}
+		case op.reply != nil:
+			if err := a.ch.PublishWithContext(context.Background(), "", op.replyTo, false, false, *op.reply); err != nil {
+				a.log.Warn("cannot send reply; the request will be redelivered", "reply_to", op.replyTo, "err", err)
+				op.reply = nil
+				continue // never acked
 			}
-			return 0
-		})
-	}
-	first, last := batch[0].tag, batch[len(batch)-1].tag
-	contiguous := len(batch) > 1 && first == a.watermark+1 && last-first == uint64(len(batch)-1)
-	for _, op := range batch {
-		if op.nack || op.skip {
-			contiguous = false
+			op.reply = nil
+			a.ready[op.tag] = a.tick
+		default:
+			a.ready[op.tag] = a.tick
 		}
 	}
-	if contiguous {
-		// Errors mean the channel is gone; its deliveries are redelivered.
-		_ = a.ch.Ack(last, true)
-		a.watermark = last
+	if all || len(a.ready) >= a.batch {
+		a.sendDue(a.tick + 1)
 	} else {
-		for _, op := range batch {
-			switch {
-			case op.skip:
-				continue
-			case op.nack:
-				_ = a.ch.Nack(op.tag, false, true)
-			default:
-				_ = a.ch.Ack(op.tag, false)
-			}
-			a.settled[op.tag] = true
+		a.advance(false)
+	}
+}
+
+// sendDue sends one multiple ack for the finished run above the watermark,
+// then acks one by one each waiting delivery that finished before tick
+// "before".
+func (a *acker) sendDue(before uint64) {
+	a.advance(true)
+	for tag, t := range a.ready {
+		if t < before {
+			_ = a.ch.Ack(tag, false)
+			delete(a.ready, tag)
+			a.sent[tag] = struct{}{}
 		}
 	}
-	for a.settled[a.watermark+1] {
-		delete(a.settled, a.watermark+1)
-		a.watermark++
+	a.advance(false)
+}
+
+// advance moves the watermark over the settled run above it. With ack set
+// it sends one multiple ack for that run when it holds unsent acks; the
+// ack names the highest of them, a tag the broker has not seen settled (a
+// multiple ack naming a settled tag is a channel error).
+func (a *acker) advance(ack bool) {
+	var target uint64
+	t := a.watermark
+	for {
+		if _, ok := a.ready[t+1]; ok {
+			if !ack {
+				break
+			}
+			target = t + 1
+		} else if _, ok := a.sent[t+1]; !ok {
+			break
+		}
+		t++
 	}
+	if target != 0 {
+		_ = a.ch.Ack(target, true)
+	}
+	for tag := a.watermark + 1; tag <= t; tag++ {
+		delete(a.ready, tag)
+		delete(a.sent, tag)
+	}
+	a.watermark = t
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -433,5 +435,78 @@ func TestShutdownBoundedWhenBrokerHangs(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		p.shut() // unblock it, so the test ends
 		t.Fatal("Shutdown with a 1 s ctx still blocked after 10 s on a broker that does not answer")
+	}
+}
+
+// Acks are coalesced (one multiple ack for a run of finished deliveries,
+// single acks for those finished above a slower one): however handlers
+// finish, each delivery is acked once and the broker never closes the
+// channel for an unknown delivery tag. After a burst of calls and jobs that
+// finish out of order, shutting the workers down returns nothing to the
+// queues, each job ran once, and no consumer had to resubscribe.
+func TestAcksOutOfOrder(t *testing.T) {
+	requireBroker(t)
+	logs := &records{}
+	log := slog.New(logs)
+	conn := dial(t, "")
+	rr, qr := route(t, "ooo-rpc"), route(t, "ooo-queue")
+	sleep := func() { time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond) }
+	rpc := worker.NewRPC(conn, worker.WithPrefetch(50), worker.WithLogger(log))
+	rpc.Handle(rr, worker.Func(func(_ context.Context, n int) (int, error) {
+		sleep()
+		return n, nil
+	}))
+	var jobs atomic.Int64
+	q := worker.NewQueue(conn, worker.WithPrefetch(50), worker.WithLogger(log))
+	q.Handle(qr, worker.Job(func(_ context.Context, n int) error {
+		sleep()
+		jobs.Add(1)
+		return nil
+	}))
+	start(t, rpc)
+	start(t, q)
+	c := client(t, dial(t, ""))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	const n, callers = 1000, 40
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Go(func() {
+			for i := g; i < n; i += callers {
+				var got int
+				if err := c.Call(ctx, rr, i, &got); err != nil || got != i {
+					t.Errorf("call %d: got %d, %v", i, got, err)
+					return
+				}
+				if err := c.Publish(ctx, qr, i); err != nil {
+					t.Errorf("publish %d: %v", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	eventually(t, "every job handled", func() bool { return jobs.Load() >= n })
+	for _, w := range []shutdowner{rpc, q} {
+		if err := w.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := jobs.Load(); got != n {
+		t.Errorf("%d job runs for %d jobs", got, n)
+	}
+	ch := raw(t)
+	for _, name := range []string{rr, qr, qr + worker.DeadLetterSuffix} {
+		info, err := ch.QueueDeclarePassive(name, false, false, false, false, nil)
+		if err != nil {
+			t.Fatalf("inspect queue %s: %v", name, err)
+		}
+		if info.Messages != 0 {
+			t.Errorf("queue %s holds %d messages after shutdown: deliveries went unacked", name, info.Messages)
+		}
+	}
+	if k := logs.count(slog.LevelWarn, "resubscribing"); k > 0 {
+		t.Errorf("a consumer resubscribed %d times: the broker closed its channel", k)
 	}
 }

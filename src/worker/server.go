@@ -310,7 +310,7 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 	defer s.loops.Done()
 	for {
 		c.mu.Lock()
-		ack := newAcker(c.ch, s.opts.logger)
+		ack := newAcker(c.ch, s.opts.logger, s.opts.prefetch, ackPeriod)
 		c.mu.Unlock()
 		// One goroutine per prefetch slot takes deliveries straight from
 		// the library: no hand-off in between, and never more handlers
@@ -328,6 +328,7 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 			})
 		}
 		pool.Wait()
+		ack.drain()
 		if s.stopping.Load() {
 			return
 		}
