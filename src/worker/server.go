@@ -126,9 +126,7 @@ func (s *server) start(ctx context.Context) error {
 	var consumers []*consumer
 	var deliveries []<-chan amqp.Delivery
 	abort := func(err error) error {
-		for _, c := range consumers {
-			c.closeChannel()
-		}
+		within(ctx, consumers, (*consumer).closeChannel)
 		s.mu.Lock()
 		s.started = false
 		s.mu.Unlock()
@@ -146,9 +144,7 @@ func (s *server) start(ctx context.Context) error {
 	s.mu.Lock()
 	if s.stopping.Load() { // Shutdown ran while we set up
 		s.mu.Unlock()
-		for _, c := range consumers {
-			c.closeChannel()
-		}
+		within(ctx, consumers, (*consumer).closeChannel)
 		return fmt.Errorf("start %s worker: %w (shut down while starting)", s.kind, ErrClosed)
 	}
 	s.consumers = consumers
@@ -297,8 +293,12 @@ func (c *consumer) setup(ctx context.Context) (<-chan amqp.Delivery, error) {
 	c.mu.Lock()
 	c.ch, c.tag = ch, tag
 	c.mu.Unlock()
-	if s.stopping.Load() { // Shutdown ran while we set up
-		c.cancel()
+	if s.stopping.Load() {
+		// Shutdown ran while we set up, after it cancelled the consumers
+		// it knew. Cancel this one too, in the background: the broker may
+		// be slow to answer, and Shutdown ends the wait for it anyway
+		// (it closes the channel when its ctx ends).
+		go c.cancel()
 	}
 	return deliveries, nil
 }
