@@ -173,8 +173,11 @@ type Process struct {
 }
 
 // Start runs the service in env with extra environment variables (KEY=value)
-// and waits until it answers hello_world. The process is killed when the test
-// ends if it is still running; its log is printed if the test failed.
+// and waits until it answers hello_world and has logged that it runs (every
+// worker started, so every route's queue exists: the RPC worker answers
+// before the queue worker has declared its queues). The process is killed
+// when the test ends if it is still running; its log is printed if the test
+// failed.
 func Start(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 	t.Helper()
 	p := Launch(t, b, env, extra...)
@@ -185,11 +188,11 @@ func Start(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 		var reply string
 		err := client.Call(ctx, "hello_world", nil, &reply)
 		cancel()
-		if err == nil && reply == "Hello world!" {
+		if err == nil && reply == "Hello world!" && strings.Contains(p.Logs(), "service running") {
 			return p
 		}
 		if p.Exited() || time.Now().After(deadline) {
-			t.Fatalf("service did not answer hello_world (last error: %v); its log:\n%s", err, p.Logs())
+			t.Fatalf("service not ready: no hello_world reply (last error: %v) or no \"service running\" log line; its log:\n%s", err, p.Logs())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
