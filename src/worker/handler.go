@@ -50,7 +50,7 @@ func Func[Req, Resp any](f func(ctx context.Context, req Req) (Resp, error)) Han
 		if err != nil {
 			return nil, err
 		}
-		out, err := json.Marshal(resp)
+		out, err := marshal(resp)
 		if err != nil {
 			return nil, fmt.Errorf("encode result of route %q (%T) as JSON: %w", r.Route, resp, err)
 		}
@@ -92,7 +92,7 @@ func decodeData(data json.RawMessage, v any) error {
 	return nil
 }
 
-// encodedHandler is a handler whose output json.Marshal produced, so it
+// encodedHandler is a handler whose output marshal produced, so it
 // needs no validation.
 type encodedHandler func(ctx context.Context, req *Request) ([]byte, error)
 

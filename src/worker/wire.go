@@ -251,7 +251,7 @@ func gzipBytes(b []byte) []byte {
 
 // encodeRequest builds a request body {"data": v}; v may be json.RawMessage.
 func encodeRequest(v any) ([]byte, error) {
-	data, err := json.Marshal(v)
+	data, err := marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("encode request data of type %T as JSON: %w", v, err)
 	}
@@ -259,6 +259,19 @@ func encodeRequest(v any) ([]byte, error) {
 	out = append(out, `{"data":`...)
 	out = append(out, data...)
 	return append(out, '}'), nil
+}
+
+// marshal is json.Marshal without its HTML escaping: <, > and & travel as
+// themselves (as the seed's Python clients send them), so data passed
+// through a Go service comes out byte for byte as it came in (compacted).
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
 }
 
 // wireError is the error member of a failure reply.
@@ -288,7 +301,7 @@ func encodeSuccess(data []byte) []byte {
 
 // encodeFailure builds {"success": false, "error": {...}}.
 func encodeFailure(e wireError) []byte {
-	b, err := json.Marshal(failure{Error: e})
+	b, err := marshal(failure{Error: e})
 	if err != nil { // strings only: cannot happen, but never send nothing
 		return []byte(`{"success":false,"error":{"type":"Error","message":"unencodable error"}}`)
 	}

@@ -109,6 +109,24 @@ func TestReplyRoundTrip(t *testing.T) {
 	}
 }
 
+// <, > and & travel as themselves, not as \u003c escapes: data passed
+// through a service comes out as it came in.
+func TestNoHTMLEscaping(t *testing.T) {
+	const in = `{"q":"a<b && c>d"}`
+	req, err := encodeRequest(json.RawMessage(in))
+	if err != nil || string(req) != `{"data":`+in+`}` {
+		t.Fatalf("request = %s, %v", req, err)
+	}
+	out, err := Func(func(_ context.Context, m map[string]string) (map[string]string, error) { return m, nil }).
+		Serve(context.Background(), &Request{Data: json.RawMessage(in)})
+	if err != nil || string(out) != in {
+		t.Fatalf("Func result = %s, %v", out, err)
+	}
+	if got := string(encodeFailure(wireError{Type: "T", Message: "x < y"})); !strings.Contains(got, `"x < y"`) {
+		t.Fatalf("failure envelope = %s", got)
+	}
+}
+
 func TestFuncAdapter(t *testing.T) {
 	h := Func(func(_ context.Context, in struct{ N int }) (int, error) { return in.N * 2, nil })
 	out, err := h.Serve(context.Background(), &Request{Data: json.RawMessage(`{"N": 21}`)})
