@@ -262,8 +262,9 @@ func encodeRequest(v any) ([]byte, error) {
 }
 
 // marshal is json.Marshal without its HTML escaping: <, > and & travel as
-// themselves (as the seed's Python clients send them), so data passed
-// through a Go service comes out byte for byte as it came in (compacted).
+// themselves, as the seed's Python clients send them, and a
+// json.RawMessage passed through comes out as it came in but for
+// whitespace.
 func marshal(v any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
