@@ -63,8 +63,8 @@ type acker struct {
 type ackOp struct {
 	tag     uint64
 	nack    bool             // nack with requeue instead of ack
-	replyTo string           // when set, publish reply there before acking
-	reply   *amqp.Publishing // the reply
+	replyTo string          // when set, publish reply there before acking
+	reply   amqp.Publishing // the reply (by value: one allocation less per reply)
 }
 
 // newAcker starts an acker for the deliveries of ch, consumed with
@@ -82,7 +82,7 @@ func newAcker(ch settler, log *slog.Logger, prefetch int, period time.Duration) 
 func (a *acker) ack(tag uint64) { a.add(ackOp{tag: tag}) }
 
 // replyAndAck publishes reply to replyTo, then acks tag.
-func (a *acker) replyAndAck(tag uint64, replyTo string, reply *amqp.Publishing) {
+func (a *acker) replyAndAck(tag uint64, replyTo string, reply amqp.Publishing) {
 	a.add(ackOp{tag: tag, replyTo: replyTo, reply: reply})
 }
 
@@ -150,13 +150,13 @@ func (a *acker) flush(batch []ackOp, all bool) {
 			// Errors mean the channel is gone; its deliveries are redelivered.
 			_ = a.ch.Nack(op.tag, false, true)
 			a.sent[op.tag] = struct{}{}
-		case op.reply != nil:
-			if err := a.ch.PublishWithContext(context.Background(), "", op.replyTo, false, false, *op.reply); err != nil {
+		case op.replyTo != "":
+			err := a.ch.PublishWithContext(context.Background(), "", op.replyTo, false, false, op.reply)
+			op.reply = amqp.Publishing{} // the queue's array is reused: let the body go
+			if err != nil {
 				a.log.Warn("cannot send reply; the request will be redelivered", "reply_to", op.replyTo, "err", err)
-				op.reply = nil
 				continue // never acked
 			}
-			op.reply = nil
 			a.ready[op.tag] = a.tick
 		default:
 			a.ready[op.tag] = a.tick

@@ -102,8 +102,8 @@ func (m *channelModel) check(t *testing.T) {
 	}
 }
 
-func reply(tag uint64, to string) (uint64, string, *amqp.Publishing) {
-	return tag, to, &amqp.Publishing{CorrelationId: strconv.FormatUint(tag, 10)}
+func reply(tag uint64, to string) (uint64, string, amqp.Publishing) {
+	return tag, to, amqp.Publishing{CorrelationId: strconv.FormatUint(tag, 10)}
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -439,7 +439,7 @@ func (c *consumer) serveRPC(ack *acker, d *amqp.Delivery) {
 		if gz {
 			body, ct = gzipBytes(body), ContentGzip
 		}
-		ack.replyAndAck(d.DeliveryTag, d.ReplyTo, &amqp.Publishing{
+		ack.replyAndAck(d.DeliveryTag, d.ReplyTo, amqp.Publishing{
 			ContentType:   ct,
 			CorrelationId: d.CorrelationId,
 			Body:          body,
