@@ -62,7 +62,7 @@ type acker struct {
 
 type ackOp struct {
 	tag     uint64
-	nack    bool             // nack with requeue instead of ack
+	nack    bool            // nack with requeue instead of ack
 	replyTo string          // when set, publish reply there before acking
 	reply   amqp.Publishing // the reply (by value: one allocation less per reply)
 }
