@@ -441,7 +441,8 @@ func TestShutdownBoundedWhenBrokerHangs(t *testing.T) {
 // Acks are coalesced (one multiple ack for a run of finished deliveries,
 // single acks for those finished above a slower one): however handlers
 // finish, each delivery is acked once and the broker never closes the
-// channel for an unknown delivery tag. After a burst of calls and jobs that
+// channel for an unknown delivery tag; and no more handlers run at once
+// than the prefetch. After a burst of calls and jobs that
 // finish out of order, shutting the workers down returns nothing to the
 // queues, each job ran once, and no consumer had to resubscribe.
 func TestAcksOutOfOrder(t *testing.T) {
@@ -451,13 +452,19 @@ func TestAcksOutOfOrder(t *testing.T) {
 	conn := dial(t, "")
 	rr, qr := route(t, "ooo-rpc"), route(t, "ooo-queue")
 	sleep := func() { time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond) }
-	rpc := worker.NewRPC(conn, worker.WithPrefetch(50), worker.WithLogger(log))
+	const prefetch = 20 // below the 40 callers, so the bound is tested
+	var running, most atomic.Int64
+	rpc := worker.NewRPC(conn, worker.WithPrefetch(prefetch), worker.WithLogger(log))
 	rpc.Handle(rr, worker.Func(func(_ context.Context, n int) (int, error) {
+		now := running.Add(1)
+		defer running.Add(-1)
+		for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
+		}
 		sleep()
 		return n, nil
 	}))
 	var jobs atomic.Int64
-	q := worker.NewQueue(conn, worker.WithPrefetch(50), worker.WithLogger(log))
+	q := worker.NewQueue(conn, worker.WithPrefetch(prefetch), worker.WithLogger(log))
 	q.Handle(qr, worker.Job(func(_ context.Context, n int) error {
 		sleep()
 		jobs.Add(1)
@@ -505,6 +512,9 @@ func TestAcksOutOfOrder(t *testing.T) {
 		if info.Messages != 0 {
 			t.Errorf("queue %s holds %d messages after shutdown: deliveries went unacked", name, info.Messages)
 		}
+	}
+	if m := most.Load(); m > prefetch || m < 2 {
+		t.Errorf("at most %d RPC handlers ran at once; want 2 to %d (the prefetch)", m, prefetch)
 	}
 	if k := logs.count(slog.LevelWarn, "resubscribing"); k > 0 {
 		t.Errorf("a consumer resubscribed %d times: the broker closed its channel", k)

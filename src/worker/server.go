@@ -312,20 +312,19 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 		c.mu.Lock()
 		ack := newAcker(c.ch, s.opts.logger, s.opts.prefetch, ackPeriod)
 		c.mu.Unlock()
-		// One goroutine per prefetch slot takes deliveries straight from
-		// the library: no hand-off in between, and never more handlers
-		// running than deliveries the broker lets us hold.
+		// A goroutine per delivery: the broker sends at most the prefetch
+		// before we ack, so at most that many handlers run. A new goroutine
+		// starts with a stack of the size goroutines have needed so far; a
+		// fixed pool reading the channel would hand each delivery to the
+		// goroutine that waited longest, whose stack the GC has shrunk
+		// meanwhile, and pay for growing it again.
 		var pool sync.WaitGroup
-		for range s.opts.prefetch {
-			pool.Go(func() {
-				for d := range deliveries {
-					if s.stopping.Load() {
-						ack.requeue(d.DeliveryTag) // let another replica take it now
-						continue
-					}
-					c.serve(ack, &d)
-				}
-			})
+		for d := range deliveries {
+			if s.stopping.Load() {
+				ack.requeue(d.DeliveryTag) // let another replica take it now
+				continue
+			}
+			pool.Go(func() { c.serve(ack, &d) })
 		}
 		pool.Wait()
 		ack.drain()
