@@ -318,15 +318,15 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 		// fixed pool reading the channel would hand each delivery to the
 		// goroutine that waited longest, whose stack the GC has shrunk
 		// meanwhile, and pay for growing it again.
-		var pool sync.WaitGroup
+		var handlers sync.WaitGroup
 		for d := range deliveries {
 			if s.stopping.Load() {
 				ack.requeue(d.DeliveryTag) // let another replica take it now
 				continue
 			}
-			pool.Go(func() { c.serve(ack, &d) })
+			handlers.Go(func() { c.serve(ack, &d) })
 		}
-		pool.Wait()
+		handlers.Wait()
 		ack.drain()
 		if s.stopping.Load() {
 			return
@@ -334,7 +334,7 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 		s.opts.logger.Warn("consumer stopped, resubscribing", "route", c.route)
 		// The broker may have cancelled the consumer (its queue was deleted)
 		// and left the channel open: close it, or each resubscribe leaks one.
-		// Every delivery on it has been settled (the pool is done).
+		// Every delivery on it has been settled (its handlers are done).
 		c.closeChannel()
 		backoff := 100 * time.Millisecond
 		for {
