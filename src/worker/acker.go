@@ -9,8 +9,9 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// ackPeriod is how often waiting acks are sent. An ack waits at most two
-// periods after its handler finished (one when nothing older is unfinished).
+// ackPeriod is how often waiting acks are sent. An ack waits up to about
+// two periods after its handler finished (one when nothing older is
+// unfinished).
 const ackPeriod = time.Millisecond
 
 // settler is the part of *amqp.Channel the acker uses.
@@ -34,8 +35,9 @@ type settler interface {
 // unfinished one (a slow handler) is acked on its own at the tick after
 // that, so a slow handler holds back no one's ack for longer than two
 // periods. When a quarter of the prefetch is waiting (with a prefetch of
-// 1 to 7 that is every ack) the acks go out at once, so the broker never
-// stops delivering for want of them. A requeue (nack) goes out at once.
+// 1 to 7 that is every ack) the acks go out at once, so at most that many
+// finished deliveries hold prefetch slots, for about two ticks at most. A
+// requeue (nack) goes out at once.
 //
 // An ack is sent only after its reply was published; a delivery whose reply
 // could not be published is never acked (its channel is gone, and the
@@ -53,11 +55,14 @@ type acker struct {
 	stop    chan struct{} // closed by drain
 	stopped chan struct{} // closed when run returns
 
-	// Owned by run.
-	tick      uint64              // ticks so far
-	watermark uint64              // every tag <= watermark is settled on the wire
-	ready     map[uint64]uint64   // finished, ack not sent yet: tag -> tick it finished in
-	sent      map[uint64]struct{} // settled on the wire one by one, above the watermark
+	// Owned by run. A tag is settled on the wire when it is at most high
+	// and neither missing nor ready. Both sets stay small: missing holds
+	// the deliveries still being handled (at most the prefetch) and those
+	// whose reply failed; ready is sent at least every two ticks.
+	tick    uint64
+	high    uint64              // highest tag handed in
+	missing map[uint64]struct{} // tags up to high not handed in, or never to be acked
+	ready   map[uint64]uint64   // finished, ack not sent yet: tag -> tick it finished in
 }
 
 type ackOp struct {
@@ -73,7 +78,7 @@ func newAcker(ch settler, log *slog.Logger, prefetch int, period time.Duration) 
 	a := &acker{
 		ch: ch, log: log, batch: max(1, prefetch/4), period: period,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}),
-		ready: map[uint64]uint64{}, sent: map[uint64]struct{}{},
+		missing: map[uint64]struct{}{}, ready: map[uint64]uint64{},
 	}
 	go a.run()
 	return a
@@ -145,17 +150,18 @@ func (a *acker) run() {
 func (a *acker) flush(batch []ackOp, all bool) {
 	for i := range batch {
 		op := &batch[i]
+		a.handIn(op.tag)
 		switch {
 		case op.nack:
 			// Errors mean the channel is gone; its deliveries are redelivered.
 			_ = a.ch.Nack(op.tag, false, true)
-			a.sent[op.tag] = struct{}{}
 		case op.replyTo != "":
 			err := a.ch.PublishWithContext(context.Background(), "", op.replyTo, false, false, op.reply)
 			op.reply = amqp.Publishing{} // the queue's array is reused: let the body go
 			if err != nil {
 				a.log.Warn("cannot send reply; the request will be redelivered", "reply_to", op.replyTo, "err", err)
-				continue // never acked
+				a.missing[op.tag] = struct{}{} // never acked, not even by a multiple ack
+				continue
 			}
 			a.ready[op.tag] = a.tick
 		default:
@@ -164,50 +170,49 @@ func (a *acker) flush(batch []ackOp, all bool) {
 	}
 	if all || len(a.ready) >= a.batch {
 		a.sendDue(a.tick + 1)
-	} else {
-		a.advance(false)
 	}
 }
 
-// sendDue sends one multiple ack for the finished run above the watermark,
-// then acks one by one each waiting delivery that finished before tick
-// "before".
+// handIn records that tag's handler finished.
+func (a *acker) handIn(tag uint64) {
+	if tag <= a.high {
+		delete(a.missing, tag)
+		return
+	}
+	for t := a.high + 1; t < tag; t++ { // delivered, still being handled
+		a.missing[t] = struct{}{}
+	}
+	a.high = tag
+}
+
+// sendDue sends one multiple ack for the waiting deliveries below the
+// lowest missing tag, then acks one by one each waiting delivery that
+// finished before tick "before". The multiple ack names a waiting tag, one
+// the broker has not seen settled (naming a settled tag is a channel
+// error), and everything below it is finished.
 func (a *acker) sendDue(before uint64) {
-	a.advance(true)
+	floor := a.high + 1
+	for t := range a.missing {
+		floor = min(floor, t)
+	}
+	var target uint64
+	for tag := range a.ready {
+		if tag < floor {
+			target = max(target, tag)
+		}
+	}
+	if target != 0 {
+		_ = a.ch.Ack(target, true)
+		for tag := range a.ready {
+			if tag <= target {
+				delete(a.ready, tag)
+			}
+		}
+	}
 	for tag, t := range a.ready {
 		if t < before {
 			_ = a.ch.Ack(tag, false)
 			delete(a.ready, tag)
-			a.sent[tag] = struct{}{}
 		}
 	}
-	a.advance(false)
-}
-
-// advance moves the watermark over the settled run above it. With ack set
-// it sends one multiple ack for that run when it holds unsent acks; the
-// ack names the highest of them, a tag the broker has not seen settled (a
-// multiple ack naming a settled tag is a channel error).
-func (a *acker) advance(ack bool) {
-	var target uint64
-	t := a.watermark
-	for {
-		if _, ok := a.ready[t+1]; ok {
-			if !ack {
-				break
-			}
-			target = t + 1
-		} else if _, ok := a.sent[t+1]; !ok {
-			break
-		}
-		t++
-	}
-	if target != 0 {
-		_ = a.ch.Ack(target, true)
-	}
-	for tag := a.watermark + 1; tag <= t; tag++ {
-		delete(a.ready, tag)
-		delete(a.sent, tag)
-	}
-	a.watermark = t
 }

@@ -71,17 +71,24 @@ func (m *channelModel) settle(tag uint64, multiple, nack bool) error {
 		m.problems = append(m.problems, fmt.Sprintf("settle(%d, multiple=%v) names a settled or unknown tag: the channel would close", tag, multiple))
 		return nil
 	}
+	settle := func(t uint64) {
+		if m.wantReply[t] && !m.replied[t] {
+			m.problems = append(m.problems, fmt.Sprintf("tag %d settled before its reply was published", t))
+		}
+		delete(m.unsettled, t)
+		if nack {
+			m.nacked[t] = true
+		} else {
+			m.acked[t] = true
+		}
+	}
+	if !multiple {
+		settle(tag)
+		return nil
+	}
 	for t := range m.unsettled {
-		if t == tag || multiple && t < tag {
-			if m.wantReply[t] && !m.replied[t] {
-				m.problems = append(m.problems, fmt.Sprintf("tag %d settled before its reply was published", t))
-			}
-			delete(m.unsettled, t)
-			if nack {
-				m.nacked[t] = true
-			} else {
-				m.acked[t] = true
-			}
+		if t <= tag {
+			settle(t)
 		}
 	}
 	return nil
@@ -139,11 +146,13 @@ func TestAckerCoalescesInOrder(t *testing.T) {
 // after it are acked within two ack periods, on their own, and its own
 // is acked once it finishes.
 func TestAckerSlowHandlerHoldsBackNoOne(t *testing.T) {
+	const period = 10 * time.Millisecond
 	m := newChannelModel(10)
-	a := newAcker(m, slog.Default(), 200, 2*time.Millisecond)
+	a := newAcker(m, slog.Default(), 200, period)
 	for tag := uint64(2); tag <= 10; tag++ {
 		a.ack(tag)
 	}
+	began := time.Now()
 	waitFor(t, "deliveries 2-10 acked while 1 runs", func() bool {
 		for tag := uint64(2); tag <= 10; tag++ {
 			if !m.settled(tag) {
@@ -152,6 +161,9 @@ func TestAckerSlowHandlerHoldsBackNoOne(t *testing.T) {
 		}
 		return true
 	})
+	if took := time.Since(began); took > 50*period {
+		t.Errorf("deliveries 2-10 acked after %v, want within about two periods of %v (bound: 50)", took, period)
+	}
 	if m.settled(1) {
 		t.Fatal("delivery 1 was acked before its handler finished")
 	}
@@ -159,6 +171,26 @@ func TestAckerSlowHandlerHoldsBackNoOne(t *testing.T) {
 	waitFor(t, "delivery 1 acked once it finished", func() bool { return m.settled(1) })
 	a.drain()
 	m.check(t)
+}
+
+// Behind a handler that never finishes, the acker's state stays small:
+// what it keeps grows with the deliveries in flight, not with the ones
+// acked since.
+func TestAckerStuckHandlerKeepsLittle(t *testing.T) {
+	const n = 20_000
+	m := newChannelModel(n)
+	a := newAcker(m, slog.Default(), 200, 50*time.Microsecond)
+	for tag := uint64(2); tag <= n; tag++ { // 1 never finishes
+		a.ack(tag)
+	}
+	a.drain() // run has returned: its state can be read
+	m.check(t)
+	if len(m.unsettled) != 1 || !m.unsettled[1] {
+		t.Fatalf("%d unsettled, want only delivery 1", len(m.unsettled))
+	}
+	if len(a.missing) != 1 || len(a.ready) != 0 {
+		t.Fatalf("acker keeps %d missing and %d ready tags behind one stuck handler, want 1 and 0", len(a.missing), len(a.ready))
+	}
 }
 
 // With a small prefetch every ack goes out at once: the broker would stop

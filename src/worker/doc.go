@@ -34,10 +34,10 @@
 //
 //   - A delivery is acked only after its handler returned and (RPC) its reply
 //     was published; a worker that dies mid-handler leaves it to another.
-//     Acks are coalesced: they go out within 2 ms of the handler's return,
-//     mostly as one multiple ack for a run of deliveries (at once when the
-//     prefetch is below 8), so a connection lost in that window redelivers
-//     those deliveries, as for any at-least-once consumer.
+//     Acks are coalesced: they go out within about 2 ms of the handler's
+//     return, mostly as one multiple ack for a run of deliveries (at once
+//     when the prefetch is below 8), so a connection lost in that window
+//     redelivers those deliveries, as for any at-least-once consumer.
 //   - Up to the prefetch ([WithPrefetch], default 200) deliveries per route
 //     are handled at once; replicas of a service share each route's queue.
 //   - Bad input never crashes a worker: RPC answers BadRequest, a queue

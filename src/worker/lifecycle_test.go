@@ -520,3 +520,39 @@ func TestAcksOutOfOrder(t *testing.T) {
 		t.Errorf("a consumer resubscribed %d times: the broker closed its channel", k)
 	}
 }
+
+// Shutdown sends the acks of the handlers that finished just before it
+// ends (acks wait for a tick, and the channel closes right after the
+// handlers return): nothing that ran goes back to the queue to run again.
+func TestShutdownAcksWhatFinished(t *testing.T) {
+	requireBroker(t)
+	r := route(t, "drain-acks")
+	const n = 5
+	var started, finished atomic.Int64
+	q := worker.NewQueue(dial(t, ""))
+	q.Handle(r, worker.Job(func(_ context.Context, i int) error {
+		started.Add(1)
+		time.Sleep(300 * time.Millisecond)
+		finished.Add(1)
+		return nil
+	}))
+	start(t, q)
+	c := client(t, dial(t, ""))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range n {
+		if err := c.Publish(ctx, r, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "every job started", func() bool { return started.Load() == n })
+	if err := q.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := finished.Load(); got != n {
+		t.Fatalf("%d of %d jobs finished before Shutdown returned", got, n)
+	}
+	if depth := queueLen(t, raw(t), r); depth != 0 {
+		t.Fatalf("%d finished jobs went back to the queue: their acks were not sent before the channel closed", depth)
+	}
+}

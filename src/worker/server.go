@@ -208,7 +208,7 @@ func (s *server) shutdown(ctx context.Context) error {
 		if n > 0 {
 			err = fmt.Errorf("shutdown of %s worker: %d handlers still running when the wait ended; their messages go back to the queue: %w", s.kind, n, ctx.Err())
 		} else {
-			err = fmt.Errorf("shutdown of %s worker: the broker did not confirm the end of consuming in time; unsettled messages go back to the queue: %w", s.kind, ctx.Err())
+			err = fmt.Errorf("shutdown of %s worker: the broker did not confirm the end of consuming, or the last replies and acks could not be sent, in time (is the connection blocked?); unsettled messages go back to the queue: %w", s.kind, ctx.Err())
 		}
 		// Give handlers that honour ctx a moment to return and ack.
 		select {
@@ -295,10 +295,11 @@ func (c *consumer) setup(ctx context.Context) (<-chan amqp.Delivery, error) {
 	c.mu.Unlock()
 	if s.stopping.Load() {
 		// Shutdown ran while we set up, after it cancelled the consumers
-		// it knew. Cancel this one too, in the background: the broker may
-		// be slow to answer, and Shutdown ends the wait for it anyway
-		// (it closes the channel when its ctx ends).
-		go c.cancel()
+		// and read the channels it knew. Close this channel (in the
+		// background: the broker may be slow to answer): what it delivered
+		// meanwhile goes back to the queue untouched, and its deliveries
+		// channel closes, which ends the loop.
+		go c.closeChannel()
 	}
 	return deliveries, nil
 }
