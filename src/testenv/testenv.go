@@ -139,7 +139,7 @@ func CreateDatabase(tb testing.TB, prefix string) string {
 		_, _ = admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(name))
 	}
 
-	name := Name(fmt.Sprintf("%s%d_", prefix, os.Getpid()))
+	name := OwnedName(prefix)
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name)); err != nil {
 		tb.Fatalf("create database %s: %v", name, err)
 	}
@@ -168,26 +168,37 @@ func staleDatabases(tb testing.TB, admin *sql.DB, prefix string) []string {
 		if err := rows.Scan(&name); err != nil {
 			tb.Fatalf("list leftover databases with prefix %q: %v", prefix, err)
 		}
-		if pid, ok := creatorPID(name, prefix); ok && !processAlive(pid) {
+		if Orphaned(name, prefix) {
 			names = append(names, name)
 		}
 	}
 	return names
 }
 
-// creatorPID reads the process id that CreateDatabase put into name.
-func creatorPID(name, prefix string) (int, bool) {
-	digits, _, ok := strings.Cut(strings.TrimPrefix(name, prefix), "_")
-	if !ok {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(digits)
-	return pid, err == nil
+// OwnedName returns prefix<pid>_<random>: a unique name for a database or
+// vhost that carries the id of the process that made it, so a later run can
+// tell a leftover (see Orphaned).
+func OwnedName(prefix string) string {
+	return Name(fmt.Sprintf("%s%d_", prefix, os.Getpid()))
 }
 
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+// Orphaned reports whether name was made by OwnedName(prefix) in a process
+// that has exited.
+func Orphaned(name, prefix string) bool {
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return false
+	}
+	digits, _, ok := strings.Cut(rest, "_")
+	if !ok {
+		return false
+	}
+	pid, err := strconv.Atoi(digits)
+	if err != nil {
+		return false
+	}
+	err = syscall.Kill(pid, 0)
+	return err != nil && !errors.Is(err, syscall.EPERM)
 }
 
 // Admin opens the server's maintenance database ("postgres") with the pgx

@@ -3,7 +3,6 @@ package stack
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,9 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -36,12 +33,12 @@ func NewVHost(t testing.TB) string {
 	}
 	if names, err := admin.list(); err == nil {
 		for _, name := range names {
-			if pid, ok := creatorPID(name); ok && !processAlive(pid) {
+			if testenv.Orphaned(name, vhostPrefix) {
 				_ = admin.remove(name)
 			}
 		}
 	}
-	name := testenv.Name(fmt.Sprintf("%s%d_", vhostPrefix, os.Getpid()))
+	name := testenv.OwnedName(vhostPrefix)
 	if err := admin.add(name); err != nil {
 		t.Fatalf("create vhost %s: %v", name, err)
 	}
@@ -51,24 +48,6 @@ func NewVHost(t testing.TB) string {
 		}
 	})
 	return name
-}
-
-func creatorPID(vhost string) (int, bool) {
-	rest, ok := strings.CutPrefix(vhost, vhostPrefix)
-	if !ok {
-		return 0, false
-	}
-	digits, _, ok := strings.Cut(rest, "_")
-	if !ok {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(digits)
-	return pid, err == nil
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 type vhostAdmin interface {

@@ -21,6 +21,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"example.com/service/src/testenv"
+	"example.com/service/test/stack"
 )
 
 // TestTaskDevHotReload runs `go tool task dev` in a copy of the project
@@ -37,7 +38,7 @@ func TestTaskDevHotReload(t *testing.T) {
 	}
 	testenv.RequireBroker(t)
 	testenv.RequirePostgres(t)
-	vhost := createVhost(t, "ws_hot_")
+	vhost := stack.NewVHost(t)
 	database := testenv.CreateDatabase(t, "ws_hot_")
 	dir := copyProject(t)
 
@@ -256,48 +257,6 @@ func copyProject(t *testing.T) string {
 		}
 	}
 	return dst
-}
-
-// createVhost creates a vhost named prefix+pid+random with rabbitmqctl,
-// grants BROKER_USER all permissions on it, and deletes it when the test
-// ends. Vhosts with the prefix whose creating process is gone (a killed
-// run) are deleted first.
-func createVhost(t *testing.T, prefix string) string {
-	t.Helper()
-	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
-		t.Skip("rabbitmqctl is not on PATH: cannot give the service a vhost of its own")
-	}
-	ctl := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
-		if err != nil {
-			return string(out), fmt.Errorf("rabbitmqctl %s: %w: %s", strings.Join(args, " "), err, out)
-		}
-		return string(out), nil
-	}
-	if list, err := ctl("list_vhosts", "--quiet", "--no-table-headers"); err == nil {
-		for _, name := range strings.Fields(list) {
-			rest, ok := strings.CutPrefix(name, prefix)
-			pid, _, _ := strings.Cut(rest, "_")
-			if n, err := strconv.Atoi(pid); ok && err == nil && syscall.Kill(n, 0) != nil {
-				_, _ = ctl("delete_vhost", name)
-			}
-		}
-	}
-	name := testenv.Name(fmt.Sprintf("%s%d_", prefix, os.Getpid()))
-	if _, err := ctl("add_vhost", name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := ctl("delete_vhost", name); err != nil {
-			t.Errorf("delete vhost: %v", err)
-		}
-	})
-	if _, err := ctl("set_permissions", "-p", name, testenv.Env("BROKER_USER", "guest"), ".*", ".*", ".*"); err != nil {
-		t.Fatal(err)
-	}
-	return name
 }
 
 func brokerURLWithVhost(vhost string) string {
