@@ -25,22 +25,18 @@ type Client struct {
 	lim  limits
 	pub  *publisher
 
-	mu      sync.Mutex // guards sess and closed; never held while waiting
-	sess    *callSession
-	closed  bool
-	opening chan struct{} // 1 slot: held by the caller opening a session
+	calls *slot[callSession, *callSession]
 
 	prefix string
 	seq    atomic.Uint64
 }
 
 type callSession struct {
-	ch *amqp.Channel
+	chanState
 	// replies is read by the callers waiting for a reply (see Call). A
 	// reply that arrives after its caller gave up waits in amqp091-go's
 	// delivery buffer until the next Call reads and drops it.
 	replies <-chan amqp.Delivery
-	dead    chan struct{} // closed once the channel is gone
 	mu      sync.Mutex
 	pending map[string]chan callResult
 }
@@ -55,12 +51,12 @@ type callResult struct {
 func NewClient(conn *Conn, opts ...Option) *Client {
 	o := newOptions(opts)
 	return &Client{
-		conn:    conn,
-		opts:    o,
-		lim:     limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
-		pub:     newPublisher(conn, o.logger),
-		opening: make(chan struct{}, 1),
-		prefix:  randomHex(6) + ".",
+		conn:   conn,
+		opts:   o,
+		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
+		pub:    newPublisher(conn, o.logger),
+		calls:  newSlot[callSession](conn, openCallSession),
+		prefix: randomHex(6) + ".",
 	}
 }
 
@@ -96,7 +92,7 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
 	done := make(chan callResult, 1)
 	var s *callSession
 	for {
-		s, err = c.session(ctx)
+		s, err = c.calls.get(ctx)
 		if err != nil {
 			return fmt.Errorf("call %q: %w", route, err)
 		}
@@ -140,7 +136,7 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
 			}
 			s.deliver(d.CorrelationId, callResult{body: d.Body})
 		case <-s.dead:
-			if _, err := c.live(); err != nil || c.conn.isClosed() { // closed by the caller
+			if _, err := c.calls.live(); err != nil || c.conn.isClosed() { // closed by the caller
 				return fmt.Errorf("call %q: no reply: %w", route, ErrClosed)
 			}
 			return fmt.Errorf("call %q: %w", route, ErrConnectionLost)
@@ -192,70 +188,27 @@ func (c *Client) Publish(ctx context.Context, queue string, msg any) error {
 // any made later, fail with an error matching [ErrClosed] (a Publish cut
 // off this way may still have reached its queue).
 func (c *Client) Close() error {
-	c.mu.Lock()
-	c.closed = true
-	s := c.sess
-	c.mu.Unlock()
-	if s != nil {
-		_ = s.ch.Close()
-	}
+	c.calls.close()
 	c.pub.close()
 	return nil
 }
 
-// live returns the current session if it is alive.
-func (c *Client) live() (*callSession, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return nil, ErrClosed
-	}
-	if s := c.sess; s != nil {
-		select {
-		case <-s.dead:
-		default:
-			return s, nil
-		}
-	}
-	return nil, nil
-}
-
-// session returns the live call session, opening one when needed. One
-// caller at a time opens it (which waits while the connection is down);
-// the others wait for it only as long as their own ctx lets them.
-func (c *Client) session(ctx context.Context) (*callSession, error) {
-	if s, err := c.live(); s != nil || err != nil {
-		return s, err
-	}
-	select {
-	case c.opening <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("RabbitMQ at %s is unreachable: %w", c.conn.addr, ctx.Err())
-	}
-	defer func() { <-c.opening }()
-	if s, err := c.live(); s != nil || err != nil { // opened while we waited
-		return s, err
-	}
-	ch, err := c.conn.channel(ctx)
-	if err != nil {
-		return nil, err
-	}
+// openCallSession consumes direct reply-to on ch and listens to its
+// returns.
+func openCallSession(ch *amqp.Channel) (*callSession, error) {
 	replies, err := ch.Consume(directReplyTo, "", true, false, false, false, nil)
 	if err != nil {
 		_ = ch.Close()
 		return nil, fmt.Errorf("consume direct reply-to: %w", err)
 	}
-	s := &callSession{ch: ch, replies: replies, dead: make(chan struct{}), pending: map[string]chan callResult{}}
+	s := &callSession{
+		chanState: chanState{ch: ch, dead: make(chan struct{})},
+		replies:   replies,
+		pending:   map[string]chan callResult{},
+	}
 	returns := ch.NotifyReturn(make(chan amqp.Return, 16))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	go s.listen(returns, closes)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed { // Close ran meanwhile
-		_ = ch.Close()
-		return nil, ErrClosed
-	}
-	c.sess = s
 	return s, nil
 }
 

@@ -17,23 +17,16 @@ import (
 // pipelined. When the channel dies before a confirm, the message is
 // published again on a new channel (at-least-once).
 type publisher struct {
-	conn   *Conn
 	logger *slog.Logger
 	prefix string
 
-	ids  atomic.Uint64
-	live atomic.Pointer[pubSession] // fast path: the current session
-
-	mu      sync.Mutex // guards sess and closed; never held while waiting
-	sess    *pubSession
-	closed  bool
-	opening chan struct{} // 1 slot: held by the caller opening a session
+	ids      atomic.Uint64
+	sessions *slot[pubSession, *pubSession]
 }
 
 type pubSession struct {
-	ch    *amqp.Channel
-	dead  chan struct{} // closed when the channel is gone
-	pubMu sync.Mutex    // orders sequence numbers with publishes
+	chanState
+	pubMu sync.Mutex // orders sequence numbers with publishes
 
 	pendMu  sync.Mutex // never held while calling the channel
 	pending map[uint64]*pendingPub
@@ -52,62 +45,22 @@ type pendingPub struct {
 }
 
 func newPublisher(conn *Conn, logger *slog.Logger) *publisher {
-	return &publisher{conn: conn, logger: logger, prefix: randomHex(6), opening: make(chan struct{}, 1)}
+	p := &publisher{logger: logger, prefix: randomHex(6)}
+	p.sessions = newSlot[pubSession](conn, openPubSession)
+	return p
 }
 
-// current returns the current session if it is alive.
-func (p *publisher) current() (*pubSession, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil, ErrClosed
-	}
-	if s := p.sess; s != nil {
-		select {
-		case <-s.dead:
-		default:
-			return s, nil
-		}
-	}
-	return nil, nil
-}
-
-// session returns the live session, opening one when needed. One caller
-// at a time opens it (which waits while the connection is down); the
-// others wait for it only as long as their own ctx lets them.
-func (p *publisher) session(ctx context.Context) (*pubSession, error) {
-	if s := p.live.Load(); s != nil {
-		select {
-		case <-s.dead:
-		default:
-			return s, nil
-		}
-	}
-	if s, err := p.current(); s != nil || err != nil {
-		return s, err
-	}
-	select {
-	case p.opening <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("RabbitMQ at %s is unreachable: %w", p.conn.addr, ctx.Err())
-	}
-	defer func() { <-p.opening }()
-	if s, err := p.current(); s != nil || err != nil { // opened while we waited
-		return s, err
-	}
-	ch, err := p.conn.channel(ctx)
-	if err != nil {
-		return nil, err
-	}
+// openPubSession puts ch in confirm mode and listens to its confirms and
+// returns.
+func openPubSession(ch *amqp.Channel) (*pubSession, error) {
 	if err := ch.Confirm(false); err != nil {
 		_ = ch.Close()
 		return nil, fmt.Errorf("put channel in confirm mode: %w", err)
 	}
 	s := &pubSession{
-		ch:      ch,
-		dead:    make(chan struct{}),
-		pending: map[uint64]*pendingPub{},
-		byKey:   map[string]uint64{},
+		chanState: chanState{ch: ch, dead: make(chan struct{})},
+		pending:   map[uint64]*pendingPub{},
+		byKey:     map[string]uint64{},
 	}
 	// The library's reader hands over a message's return before its
 	// confirm; listen drains the returns before handling each confirm, so a
@@ -117,14 +70,6 @@ func (p *publisher) session(ctx context.Context) (*pubSession, error) {
 	returns := ch.NotifyReturn(make(chan amqp.Return, 64))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
 	go s.listen(confirms, returns, closes)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed { // close ran meanwhile
-		_ = ch.Close()
-		return nil, ErrClosed
-	}
-	p.sess = s
-	p.live.Store(s)
 	return s, nil
 }
 
@@ -216,7 +161,7 @@ func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishi
 		msg.Headers = headers
 	}
 	for {
-		s, err := p.session(ctx)
+		s, err := p.sessions.get(ctx)
 		if err != nil {
 			return fmt.Errorf("publish to queue %q: %w", queue, err)
 		}
@@ -280,16 +225,7 @@ func (s *pubSession) forget(seq uint64) {
 	s.pendMu.Unlock()
 }
 
-func (p *publisher) close() {
-	p.mu.Lock()
-	p.closed = true
-	p.live.Store(nil)
-	s := p.sess
-	p.mu.Unlock()
-	if s != nil {
-		_ = s.ch.Close()
-	}
-}
+func (p *publisher) close() { p.sessions.close() }
 
 // itoa is strconv.FormatUint for correlation ids.
 func itoa(n uint64) string { return strconv.FormatUint(n, 36) }
