@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"io"
@@ -11,31 +10,12 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"example.com/service/src/db"
 	"example.com/service/src/testenv"
 )
-
-// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // waitFor polls s() until it contains want or a generous deadline passes.
 func waitFor(t *testing.T, what string, s func() string, want string) {
@@ -51,7 +31,7 @@ func waitFor(t *testing.T, what string, s func() string, want string) {
 
 // result is one in-process manage command.
 type result struct {
-	out, log *lockedBuffer
+	out, log *testenv.Buffer
 	err      error
 }
 
@@ -66,8 +46,8 @@ func (r result) scratches() []string {
 
 // newOptions points a command at database on the test server with the given
 // models directory and stdin.
-func newOptions(database, models string, stdin io.Reader) (options, *lockedBuffer, *lockedBuffer) {
-	out, log := &lockedBuffer{}, &lockedBuffer{}
+func newOptions(database, models string, stdin io.Reader) (options, *testenv.Buffer, *testenv.Buffer) {
+	out, log := &testenv.Buffer{}, &testenv.Buffer{}
 	return options{
 		cfg:         db.Config{URL: testenv.PostgresURL(database)},
 		models:      models,

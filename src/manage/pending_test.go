@@ -173,7 +173,7 @@ func TestInterrupt(t *testing.T) {
 
 	cmd := exec.Command(bin, "sync", "--models", dir)
 	cmd.Env = append(os.Environ(), "DB_URL="+testenv.PostgresURL(target))
-	stdout, stderr := &lockedBuffer{}, &lockedBuffer{}
+	stdout, stderr := &testenv.Buffer{}, &testenv.Buffer{}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	stdin, err := cmd.StdinPipe() // kept open: the prompt waits
 	if err != nil {

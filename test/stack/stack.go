@@ -6,16 +6,13 @@
 package stack
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -167,7 +164,7 @@ func childEnv() []string {
 // Process is a running service.
 type Process struct {
 	cmd  *exec.Cmd
-	logs *logBuffer
+	logs *testenv.Buffer
 	done chan struct{}
 	err  error // the result of Wait, set before done closes
 }
@@ -205,7 +202,7 @@ func Launch(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 	cmd.Dir = b.Root
 	cmd.Env = append(childEnv(), "BROKER_VHOST="+env.VHost, "DB_NAME="+env.Database, "MODE=development")
 	cmd.Env = append(cmd.Env, extra...)
-	p := &Process{cmd: cmd, logs: &logBuffer{}, done: make(chan struct{})}
+	p := &Process{cmd: cmd, logs: &testenv.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout = p.logs
 	cmd.Stderr = p.logs
 	if err := cmd.Start(); err != nil {
@@ -259,23 +256,3 @@ func (p *Process) Exited() bool {
 
 // Logs returns what the process wrote so far.
 func (p *Process) Logs() string { return p.logs.String() }
-
-// logBuffer is a bytes.Buffer safe for the process's writes and the test's reads.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(b)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-var _ io.Writer = (*logBuffer)(nil)
