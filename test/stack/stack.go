@@ -36,10 +36,22 @@ type Binaries struct {
 // also hunts data races; tests that measure memory or push volume build it
 // without, as it is deployed. Call Build once from TestMain and Clean up at
 // the end.
+//
+// E2E_SOURCE, when set, names another checkout of the project to build the
+// binaries from (the tests stay today's): that is how the figures of an
+// earlier version are measured with the same tests, e.g.
+// `git worktree add /tmp/before <commit>` then E2E_SOURCE=/tmp/before.
 func Build(race bool) (*Binaries, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return nil, err
+	}
+	src := root
+	if other := os.Getenv("E2E_SOURCE"); other != "" {
+		if _, err := os.Stat(filepath.Join(other, "go.mod")); err != nil {
+			return nil, fmt.Errorf("E2E_SOURCE=%q is not a checkout of the project: %w", other, err)
+		}
+		src = other
 	}
 	dir, err := os.MkdirTemp("", "service-e2e-")
 	if err != nil {
@@ -55,7 +67,7 @@ func Build(race bool) (*Binaries, error) {
 		{"build", "-o", b.Manage, "./src/manage"},
 	} {
 		cmd := exec.Command("go", args...)
-		cmd.Dir = root
+		cmd.Dir = src
 		if out, err := cmd.CombinedOutput(); err != nil {
 			_ = os.RemoveAll(dir)
 			return nil, fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
@@ -86,18 +98,22 @@ func ModuleRoot() (string, error) {
 type Env struct {
 	VHost    string
 	Database string
+	Roles    Roles // the service connects as Roles.App, manage as Roles.Owner
 }
 
-// NewEnv creates a vhost and a database with the models' schema (applied with
-// `manage sync --noprompt`, as a developer would). Both are removed when the
-// test ends.
+// NewEnv creates a vhost and a database with the roles of
+// migrations/roles.sql and the models' schema (applied with `manage sync
+// --noprompt` as the owner role, as a developer would). All of it is removed
+// when the test ends.
 func NewEnv(t testing.TB, b *Binaries) Env {
 	t.Helper()
 	testenv.RequireBroker(t)
-	e := Env{VHost: NewVHost(t), Database: testenv.CreateDatabase(t, "e2e_")}
+	roles, applyRoles := newRoles(t, b.Root)
+	e := Env{VHost: NewVHost(t), Database: testenv.CreateDatabase(t, "e2e_"), Roles: roles}
+	applyRoles(e.Database)
 	cmd := exec.Command(b.Manage, "sync", "--noprompt")
 	cmd.Dir = b.Root
-	cmd.Env = append(childEnv(), "DB_NAME="+e.Database)
+	cmd.Env = append(childEnv(), dbEnv(e.Database, roles.Owner, roles.OwnerPass)...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("manage sync --noprompt into %s: %v\n%s", e.Database, err, out)
 	}
@@ -200,7 +216,10 @@ func Launch(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 	t.Helper()
 	cmd := exec.Command(b.Service)
 	cmd.Dir = b.Root
-	cmd.Env = append(childEnv(), "BROKER_VHOST="+env.VHost, "DB_NAME="+env.Database, "MODE=development")
+	// Every setting explicit, as production mode wants them.
+	cmd.Env = append(childEnv(), "MODE=development", "BROKER_VHOST="+env.VHost,
+		"BROKER_USER="+testenv.Env("BROKER_USER", "guest"), "BROKER_PASS="+testenv.Env("BROKER_PASS", "guest"))
+	cmd.Env = append(cmd.Env, dbEnv(env.Database, env.Roles.App, env.Roles.AppPass)...)
 	cmd.Env = append(cmd.Env, extra...)
 	p := &Process{cmd: cmd, logs: &testenv.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout = p.logs
