@@ -36,9 +36,30 @@ func tookForever(ctx context.Context, s string) (string, error) {
 }
 
 // willError always fails, to show what a caller receives when a handler
-// returns an error.
+// returns an error: type "Exception" and the message, as the seed's route
+// raised Exception("Just an exception: ...").
 func willError(_ context.Context, data any) (any, error) {
-	return nil, fmt.Errorf("Just an exception: %v", data) //nolint:staticcheck // the seed's wording, capital J, is part of the contract
+	return nil, &exception{fmt.Sprintf("Just an exception: %v", data)}
+}
+
+// exception is the seed's plain Python Exception: its ErrorType names it
+// so on the wire.
+type exception struct{ msg string }
+
+func (e *exception) Error() string     { return e.msg }
+func (e *exception) ErrorType() string { return "Exception" }
+
+// preview is a short, one-line prefix of data for a log line: a payload can
+// be megabytes.
+func preview(data []byte, n int) string {
+	if len(data) <= n {
+		return string(data)
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(data[cut]) {
+		cut--
+	}
+	return string(data[:cut]) + "..."
 }
 
 // addBar returns o with "bar": "baz" added; o itself is left unchanged.

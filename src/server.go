@@ -13,16 +13,20 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 
 	"example.com/service/src/db"
+	"example.com/service/src/internal/redact"
 	"example.com/service/src/models"
 	"example.com/service/src/runner"
 	"example.com/service/src/worker"
@@ -35,8 +39,14 @@ import (
 // config is read from the environment once, at start.
 type config struct {
 	Mode     string        // MODE: development (debug logs, error details in replies) or production
-	Broker   worker.Config // BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASS, BROKER_VHOST (or BROKER_URL)
-	Database db.Config     // DB_HOST, DB_PORT, DB_USER, DB_PASS, DB_NAME (or DB_URL)
+	Broker   worker.Config // BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASS, BROKER_VHOST (or BROKER_URL), BROKER_TLS*
+	Database db.Config     // DB_HOST, DB_PORT, DB_USER, DB_PASS, DB_NAME (or DB_URL), DB_SSL*
+
+	// QueueType is the type of the queue routes' queues and their
+	// dead-letter queues (BROKER_QUEUE_TYPE, default quorum);
+	// RPCQueueType that of the RPC routes' queues (BROKER_RPC_QUEUE_TYPE,
+	// default classic).
+	QueueType, RPCQueueType worker.QueueType
 
 	// StartTimeout bounds connecting at start (START_TIMEOUT, default 30s):
 	// past it the service exits non-zero naming what it could not reach.
@@ -52,7 +62,7 @@ func (c config) development() bool { return c.Mode == "development" }
 // variable, its value and what is accepted.
 func loadConfig() (config, error) {
 	cfg := config{Mode: os.Getenv("MODE")}
-	var errs [5]error
+	var errs [8]error
 	switch cfg.Mode {
 	case "":
 		cfg.Mode = "development"
@@ -64,7 +74,52 @@ func loadConfig() (config, error) {
 	cfg.Database, errs[2] = db.ConfigFromEnv()
 	cfg.StartTimeout, errs[3] = durationEnv("START_TIMEOUT", 30*time.Second)
 	cfg.DrainTimeout, errs[4] = durationEnv("DRAIN_TIMEOUT", 10*time.Second)
+	cfg.QueueType, errs[5] = queueTypeEnv("BROKER_QUEUE_TYPE", worker.Quorum)
+	cfg.RPCQueueType, errs[6] = queueTypeEnv("BROKER_RPC_QUEUE_TYPE", worker.Classic)
+	if !cfg.development() {
+		errs[7] = productionChecks()
+		if cfg.Database.SSLMode == "" && os.Getenv("DB_URL") == "" {
+			cfg.Database.SSLMode = "verify-full" // never fall back to plaintext silently
+		}
+	}
 	return cfg, errors.Join(errs[:]...)
+}
+
+// productionChecks refuses what is only fit for development: credentials
+// left to their defaults (guest/guest, postgres/postgres). Set them, even
+// to those values, and they are taken.
+func productionChecks() error {
+	var errs []error
+	need := func(url string, vars ...string) {
+		if os.Getenv(url) != "" {
+			return
+		}
+		var unset []string
+		for _, v := range vars {
+			if os.Getenv(v) == "" {
+				unset = append(unset, v)
+			}
+		}
+		if len(unset) > 0 {
+			errs = append(errs, fmt.Errorf("%s not set: production mode (MODE=production) takes no default credentials; set %s, or %s",
+				strings.Join(unset, " and "), strings.Join(vars, " and "), url))
+		}
+	}
+	need("BROKER_URL", "BROKER_USER", "BROKER_PASS")
+	need("DB_URL", "DB_USER", "DB_PASS")
+	return errors.Join(errs...)
+}
+
+func queueTypeEnv(key string, def worker.QueueType) (worker.QueueType, error) {
+	v := os.Getenv(key)
+	if v == "" {
+		return def, nil
+	}
+	t, err := worker.ParseQueueType(v)
+	if err != nil {
+		return "", fmt.Errorf("%s=%q: want quorum or classic", key, v)
+	}
+	return t, nil
 }
 
 func durationEnv(key string, def time.Duration) (time.Duration, error) {
@@ -79,27 +134,44 @@ func durationEnv(key string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
+// newLogger logs text at debug level in development, JSON at info level in
+// production; no record carries a password (those of the configuration,
+// and any in a URL).
 func newLogger(cfg config) *slog.Logger {
+	var h slog.Handler = slog.NewJSONHandler(os.Stderr, nil)
 	if cfg.development() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	return slog.New(redact.Handler(h, secrets()...))
+}
+
+// secrets are the passwords of the configuration, to keep out of output.
+func secrets() []string {
+	return []string{os.Getenv("BROKER_PASS"), os.Getenv("DB_PASS"), os.Getenv("DB_OWNER_PASS")}
+}
+
+// fail prints err without secrets and exits with code.
+func fail(code int, prefix string, err error) {
+	fmt.Fprintln(os.Stderr, redact.Secrets(prefix+err.Error(), secrets()...))
+	os.Exit(code)
 }
 
 func main() {
 	cfg, err := loadConfig()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "invalid configuration: %v\n", err)
-		os.Exit(2)
+		fail(2, "invalid configuration: ", err)
 	}
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(healthcheck(cfg))
 	}
 	log := newLogger(cfg)
 	slog.SetDefault(log)
+	if !cfg.development() && slices.Contains([]string{"allow", "prefer"}, cfg.Database.SSLMode) {
+		log.Warn("DB_SSLMODE falls back to plaintext without a word when the server offers no TLS; use require, verify-ca or verify-full in production",
+			"DB_SSLMODE", cfg.Database.SSLMode)
+	}
 	if err := run(context.Background(), cfg, log); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		fail(1, "", err)
 	}
 }
 
@@ -135,8 +207,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// fire-and-forget messages (retried, then dead-lettered to <route>.dlq).
 	//
 	opts := []worker.Option{worker.WithLogger(log), worker.WithDevelopment(cfg.development())}
-	rpc := worker.NewRPC(broker, opts...)
-	queue := worker.NewQueue(broker, opts...)
+	rpc := worker.NewRPC(broker, append(opts, worker.WithQueueType(cfg.RPCQueueType))...)
+	queue := worker.NewQueue(broker, append(opts, worker.WithQueueType(cfg.QueueType))...)
 
 	//
 	// ROUTES: the route name is the queue name. worker.Func adapts a typed
@@ -180,8 +252,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return items.Delete(ctx, id)
 	}))
 
-	queue.Handle("queue-test", worker.Job(func(ctx context.Context, data any) error {
-		log.InfoContext(ctx, "queue-test received a message", "data", data)
+	queue.Handle("queue-test", worker.Job(func(ctx context.Context, data json.RawMessage) error {
+		log.InfoContext(ctx, "queue-test received a message", "bytes", len(data), "data", preview(data, 200))
 		return nil
 	}))
 	queue.Handle("example-item.store", worker.Job(func(ctx context.Context, in newItem) error {

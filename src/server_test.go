@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -47,12 +48,77 @@ func TestLoadConfigNamesEveryInvalidVariable(t *testing.T) {
 
 func TestProductionMode(t *testing.T) {
 	t.Setenv("MODE", "production")
+	for _, key := range []string{"BROKER_URL", "DB_URL", "DB_SSLMODE"} {
+		t.Setenv(key, "")
+	}
+	// Explicit credentials are taken, even the development defaults.
+	for key, v := range map[string]string{"BROKER_USER": "guest", "BROKER_PASS": "guest", "DB_USER": "app", "DB_PASS": "secret"} {
+		t.Setenv(key, v)
+	}
 	cfg, err := loadConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.development() {
 		t.Error("MODE=production is treated as development")
+	}
+	if cfg.Database.SSLMode != "verify-full" {
+		t.Errorf("production DB_SSLMODE defaults to %q, want verify-full (no silent plaintext)", cfg.Database.SSLMode)
+	}
+	if cfg.QueueType != "quorum" || cfg.RPCQueueType != "classic" {
+		t.Errorf("queue types %q (queue routes), %q (RPC routes), want quorum and classic", cfg.QueueType, cfg.RPCQueueType)
+	}
+}
+
+// Production mode takes no default credentials: each unset one is named.
+func TestProductionRefusesDefaultCredentials(t *testing.T) {
+	t.Setenv("MODE", "production")
+	for _, key := range []string{"BROKER_URL", "DB_URL", "BROKER_PASS", "DB_USER", "DB_PASS"} {
+		t.Setenv(key, "")
+	}
+	t.Setenv("BROKER_USER", "svc")
+	_, err := loadConfig()
+	if err == nil {
+		t.Fatal("production mode started with default credentials")
+	}
+	for _, want := range []string{"BROKER_PASS not set", "DB_USER and DB_PASS not set", "or BROKER_URL", "or DB_URL"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "BROKER_USER and BROKER_PASS not set") {
+		t.Errorf("error %q says BROKER_USER is unset, and it is set", err)
+	}
+	// A URL carries its own credentials.
+	t.Setenv("BROKER_URL", "amqp://svc:pw@broker:5672/")
+	t.Setenv("DB_URL", "postgres://app:pw@db:5432/service")
+	if _, err := loadConfig(); err != nil {
+		t.Errorf("with BROKER_URL and DB_URL: %v", err)
+	}
+}
+
+func TestQueueTypeFromEnv(t *testing.T) {
+	t.Setenv("MODE", "")
+	t.Setenv("BROKER_QUEUE_TYPE", "classic")
+	t.Setenv("BROKER_RPC_QUEUE_TYPE", "quorum")
+	cfg, err := loadConfig()
+	if err != nil || cfg.QueueType != "classic" || cfg.RPCQueueType != "quorum" {
+		t.Fatalf("queue types %q, %q (%v)", cfg.QueueType, cfg.RPCQueueType, err)
+	}
+	t.Setenv("BROKER_QUEUE_TYPE", "stream")
+	if _, err := loadConfig(); err == nil || !strings.Contains(err.Error(), `BROKER_QUEUE_TYPE="stream"`) {
+		t.Errorf("BROKER_QUEUE_TYPE=stream: %v", err)
+	}
+}
+
+func TestPreview(t *testing.T) {
+	long := []byte(`"` + strings.Repeat("é", 300) + `"`)
+	p := preview(long, 200)
+	if len(p) > 203 || !strings.HasSuffix(p, "...") || !utf8.ValidString(p) {
+		t.Errorf("preview of %d bytes = %d bytes %q", len(long), len(p), p)
+	}
+	if preview([]byte(`{"a":1}`), 200) != `{"a":1}` {
+		t.Error("a short payload is not shown whole")
 	}
 }
 

@@ -90,7 +90,7 @@ func testRoutes(t *testing.T, call caller) {
 		wantData(t, call(t, "test", "foo"), `"foo that took forever"`)
 	})
 	t.Run("will-error", func(t *testing.T) {
-		e := wantError(t, call(t, "will-error", "some data"), "Error")
+		e := wantError(t, call(t, "will-error", "some data"), "Exception")
 		if !strings.Contains(e.Message, "Just an exception") || !strings.Contains(e.Message, "some data") {
 			t.Errorf("will-error message = %q, want it to contain %q and the data", e.Message, "Just an exception")
 		}

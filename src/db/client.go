@@ -74,6 +74,11 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 			_ = sdb.Close()
 			return nil, &lineError{fmt.Sprintf("cannot connect to PostgreSQL at %s: %s", cfg, oneLine(err)), err}
 		}
+		if strings.Contains(err.Error(), "server refused TLS connection") {
+			_ = sdb.Close()
+			return nil, &lineError{fmt.Sprintf("cannot connect to PostgreSQL at %s: the server does not offer TLS and sslmode %s requires it; "+
+				"give the server a certificate, or set DB_SSLMODE=disable where the network is trusted", cfg, or(cfg.SSLMode, "(from DB_URL)")), err}
+		}
 		if ctx.Err() != nil {
 			_ = sdb.Close()
 			return nil, &lineError{fmt.Sprintf("cannot reach PostgreSQL at %s: %s (gave up after %d attempts in %s)",

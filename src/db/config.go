@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +26,16 @@ type Config struct {
 	// Password and Database when set. Query parameters (sslmode, ...) are
 	// passed to the driver.
 	URL string
+
+	// SSLMode is libpq's sslmode: disable, allow, prefer, require, verify-ca
+	// or verify-full. Empty: the URL's, else the driver's default (prefer,
+	// which falls back to plaintext silently; the service sets verify-full
+	// in production). SSLRootCert names a PEM file of the CAs to trust for
+	// verify-ca and verify-full; SSLCert and SSLKey a client certificate.
+	SSLMode     string
+	SSLRootCert string
+	SSLCert     string
+	SSLKey      string
 
 	// MaxOpenConns caps the connections in the pool; default 16.
 	MaxOpenConns int
@@ -47,20 +58,56 @@ const (
 	DefaultConnMaxIdleTime = 5 * time.Minute
 )
 
+// SSL modes, as libpq names them.
+var sslModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
 // ConfigFromEnv reads the connection parameters the service is deployed with:
 // DB_HOST (default localhost), DB_PORT (5432), DB_USER (postgres), DB_PASS
-// (postgres), DB_NAME (postgres) and DB_URL (optional; overrides the others).
+// (postgres), DB_NAME (postgres), DB_URL (optional; overrides the five),
+// DB_SSLMODE, DB_SSLROOTCERT, DB_SSLCERT and DB_SSLKEY (see [Config]).
 // An empty variable counts as unset. An invalid value is an error naming the
 // variable and the value (a URL with its password masked).
 func ConfigFromEnv() (Config, error) {
+	return configFromEnv("DB_USER", "DB_PASS")
+}
+
+// OwnerConfigFromEnv is ConfigFromEnv for the role that owns the schema
+// (see migrations/roles.sql), which manage connects as: DB_OWNER_USER and
+// DB_OWNER_PASS, when set, take the place of DB_USER and DB_PASS.
+func OwnerConfigFromEnv() (Config, error) {
+	if os.Getenv("DB_OWNER_USER") == "" {
+		return ConfigFromEnv()
+	}
+	return configFromEnv("DB_OWNER_USER", "DB_OWNER_PASS")
+}
+
+func configFromEnv(userVar, passVar string) (Config, error) {
 	c := Config{
-		Host:     env("DB_HOST", DefaultHost),
-		User:     env("DB_USER", DefaultUser),
-		Password: env("DB_PASS", "postgres"),
-		Database: env("DB_NAME", DefaultDatabase),
-		URL:      os.Getenv("DB_URL"),
+		Host:        env("DB_HOST", DefaultHost),
+		User:        env(userVar, DefaultUser),
+		Password:    env(passVar, "postgres"),
+		Database:    env("DB_NAME", DefaultDatabase),
+		URL:         os.Getenv("DB_URL"),
+		SSLMode:     os.Getenv("DB_SSLMODE"),
+		SSLRootCert: os.Getenv("DB_SSLROOTCERT"),
+		SSLCert:     os.Getenv("DB_SSLCERT"),
+		SSLKey:      os.Getenv("DB_SSLKEY"),
 	}
 	var errs []error
+	if c.SSLMode != "" && !slices.Contains(sslModes, c.SSLMode) {
+		errs = append(errs, fmt.Errorf("DB_SSLMODE=%q: want one of %s", c.SSLMode, strings.Join(sslModes, ", ")))
+	}
+	for name, path := range map[string]string{"DB_SSLROOTCERT": c.SSLRootCert, "DB_SSLCERT": c.SSLCert, "DB_SSLKEY": c.SSLKey} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %w", name, path, err))
+		}
+	}
+	if (c.SSLCert == "") != (c.SSLKey == "") {
+		errs = append(errs, errors.New("DB_SSLCERT and DB_SSLKEY go together: set both (a client certificate and its key) or neither"))
+	}
 	port := env("DB_PORT", strconv.Itoa(DefaultPort))
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 1 || p > 65535 {
@@ -89,23 +136,44 @@ func env(key, def string) string {
 }
 
 // ConnString returns the postgres:// URL the driver connects with: URL when
-// set, otherwise one built from the fields and their defaults. It contains
-// the password: do not log it (log String instead).
+// set, otherwise one built from the fields and their defaults; the SSL
+// fields are added as its parameters (a URL's own take precedence). It
+// contains the password: do not log it (log String instead).
 func (c Config) ConnString() string {
 	if c.URL != "" {
-		return c.URL
+		u, err := parseURL(c.URL)
+		if err != nil {
+			return c.URL // Open reports the error
+		}
+		q := u.Query()
+		c.sslParams(q)
+		u.RawQuery = q.Encode()
+		return u.String()
 	}
 	u := url.URL{Scheme: "postgres", Host: net.JoinHostPort(c.host(), strconv.Itoa(c.port())), Path: "/" + c.database()}
+	q := url.Values{}
 	if strings.HasPrefix(c.host(), "/") { // Unix socket directory: passed as a parameter
 		u.Host = ""
-		u.RawQuery = url.Values{"host": {c.host()}, "port": {strconv.Itoa(c.port())}}.Encode()
+		q.Set("host", c.host())
+		q.Set("port", strconv.Itoa(c.port()))
 	}
+	c.sslParams(q)
+	u.RawQuery = q.Encode()
 	if c.Password != "" {
 		u.User = url.UserPassword(c.user(), c.Password)
 	} else {
 		u.User = url.User(c.user())
 	}
 	return u.String()
+}
+
+// sslParams adds the SSL fields to q where q does not set them already.
+func (c Config) sslParams(q url.Values) {
+	for k, v := range map[string]string{"sslmode": c.SSLMode, "sslrootcert": c.SSLRootCert, "sslcert": c.SSLCert, "sslkey": c.SSLKey} {
+		if v != "" && q.Get(k) == "" {
+			q.Set(k, v)
+		}
+	}
 }
 
 // WithDatabase returns a copy of c that points at database name on the same

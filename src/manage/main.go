@@ -10,7 +10,8 @@
 // sync loads every .sql file under the models directory (sorted by path) into
 // a scratch database it creates on the target's server, diffs the public
 // schema of the target database (DB_HOST, DB_PORT, DB_USER, DB_PASS, DB_NAME
-// or DB_URL) against it, prints the SQL plan with destructive statements
+// or DB_URL; DB_OWNER_USER and DB_OWNER_PASS take the place of DB_USER and
+// DB_PASS when set, for the role that owns the schema) against it, prints the SQL plan with destructive statements
 // marked, asks "Apply these changes? [y/N] " and applies the plan in one
 // transaction on "y" (at once with --noprompt). Two syncs against one database
 // are serialised by an advisory lock.
@@ -98,7 +99,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	o.stdin, o.stdout, o.stderr, o.log = stdin, stdout, stderr, log
-	if o.cfg, err = db.ConfigFromEnv(); err != nil {
+	if o.cfg, err = db.OwnerConfigFromEnv(); err != nil {
 		fmt.Fprintln(stderr, "manage: database settings:", err)
 		return 2
 	}
@@ -128,7 +129,9 @@ const usageText = `usage:
   manage pending [--models DIR] [--dump FILE] [--out FILE]
       Write the plan from the production dump to the models into --out.
 
-The database comes from DB_HOST, DB_PORT, DB_USER, DB_PASS, DB_NAME or DB_URL.
+The database comes from DB_HOST, DB_PORT, DB_USER, DB_PASS, DB_NAME or DB_URL;
+DB_OWNER_USER and DB_OWNER_PASS, when set, name the role that owns the schema
+(see migrations/roles.sql) in place of DB_USER and DB_PASS.
 Default paths are relative to the module root: --models src/models,
 --dump migrations/production.dump.sql, --out migrations/pending.sql.`
 

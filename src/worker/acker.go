@@ -44,10 +44,11 @@ type settler interface {
 // broker redelivers it). drain sends everything handed in and stops the
 // acker.
 type acker struct {
-	ch     settler
-	log    *slog.Logger
-	batch  int           // this many waiting acks are sent at once
-	period time.Duration // between ticks
+	ch      settler
+	log     *slog.Logger
+	settled func(tag uint64) // told of every delivery settled on the wire
+	batch   int              // this many waiting acks are sent at once
+	period  time.Duration    // between ticks
 
 	mu      sync.Mutex
 	queue   []ackOp
@@ -68,15 +69,20 @@ type acker struct {
 type ackOp struct {
 	tag     uint64
 	nack    bool            // nack with requeue instead of ack
+	reject  bool            // nack without requeue: the broker dead-letters it
 	replyTo string          // when set, publish reply there before acking
 	reply   amqp.Publishing // the reply (by value: one allocation less per reply)
 }
 
 // newAcker starts an acker for the deliveries of ch, consumed with
-// prefetch, that ticks every period ([ackPeriod]).
-func newAcker(ch settler, log *slog.Logger, prefetch int, period time.Duration) *acker {
+// prefetch, that ticks every period ([ackPeriod]). settled, when not nil,
+// is called with each delivery tag once its ack or nack is sent.
+func newAcker(ch settler, log *slog.Logger, prefetch int, period time.Duration, settled func(tag uint64)) *acker {
+	if settled == nil {
+		settled = func(uint64) {}
+	}
 	a := &acker{
-		ch: ch, log: log, batch: max(1, prefetch/4), period: period,
+		ch: ch, log: log, settled: settled, batch: max(1, prefetch/4), period: period,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}),
 		missing: map[uint64]struct{}{}, ready: map[uint64]uint64{},
 	}
@@ -92,6 +98,10 @@ func (a *acker) replyAndAck(tag uint64, replyTo string, reply amqp.Publishing) {
 }
 
 func (a *acker) requeue(tag uint64) { a.add(ackOp{tag: tag, nack: true}) }
+
+// reject nacks tag without requeueing it: the broker dead-letters it (or,
+// for a queue without a dead-letter exchange, drops it).
+func (a *acker) reject(tag uint64) { a.add(ackOp{tag: tag, nack: true, reject: true}) }
 
 // add hands op to the acker and returns.
 func (a *acker) add(op ackOp) {
@@ -154,7 +164,8 @@ func (a *acker) flush(batch []ackOp, all bool) {
 		switch {
 		case op.nack:
 			// Errors mean the channel is gone; its deliveries are redelivered.
-			_ = a.ch.Nack(op.tag, false, true)
+			_ = a.ch.Nack(op.tag, false, !op.reject)
+			a.settled(op.tag)
 		case op.replyTo != "":
 			err := a.ch.PublishWithContext(context.Background(), "", op.replyTo, false, false, op.reply)
 			op.reply = amqp.Publishing{} // the queue's array is reused: let the body go
@@ -206,6 +217,7 @@ func (a *acker) sendDue(before uint64) {
 		for tag := range a.ready {
 			if tag <= target {
 				delete(a.ready, tag)
+				a.settled(tag)
 			}
 		}
 	}
@@ -213,6 +225,7 @@ func (a *acker) sendDue(before uint64) {
 		if t < before {
 			_ = a.ch.Ack(tag, false)
 			delete(a.ready, tag)
+			a.settled(tag)
 		}
 	}
 }

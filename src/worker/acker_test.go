@@ -26,13 +26,14 @@ type channelModel struct {
 	replied   map[uint64]bool // tag -> its reply was published
 	wantReply map[uint64]bool // tag -> acked only after a reply
 	frames    int             // acks and nacks sent
+	tells     map[uint64]int  // tag -> times the acker said it settled it
 	problems  []string
 }
 
 func newChannelModel(n int) *channelModel {
 	m := &channelModel{
 		unsettled: map[uint64]bool{}, acked: map[uint64]bool{}, nacked: map[uint64]bool{},
-		replied: map[uint64]bool{}, wantReply: map[uint64]bool{},
+		replied: map[uint64]bool{}, wantReply: map[uint64]bool{}, tells: map[uint64]int{},
 	}
 	for tag := uint64(1); tag <= uint64(n); tag++ {
 		m.unsettled[tag] = true
@@ -94,6 +95,18 @@ func (m *channelModel) settle(tag uint64, multiple, nack bool) error {
 	return nil
 }
 
+// told is the acker's settled callback: it must come once per delivery,
+// after the delivery was settled on the wire (it frees the delivery's
+// memory budget).
+func (m *channelModel) told(tag uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.unsettled[tag] {
+		m.problems = append(m.problems, fmt.Sprintf("tag %d reported settled before it was", tag))
+	}
+	m.tells[tag]++
+}
+
 func (m *channelModel) settled(tag uint64) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -106,6 +119,16 @@ func (m *channelModel) check(t *testing.T) {
 	defer m.mu.Unlock()
 	for _, p := range m.problems {
 		t.Error(p)
+	}
+	for tag := range m.acked {
+		if m.tells[tag] != 1 {
+			t.Errorf("tag %d acked and reported settled %d times, want once", tag, m.tells[tag])
+		}
+	}
+	for tag := range m.nacked {
+		if m.tells[tag] != 1 {
+			t.Errorf("tag %d nacked and reported settled %d times, want once", tag, m.tells[tag])
+		}
 	}
 }
 
@@ -127,7 +150,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // Deliveries that finish in order are settled by one multiple ack.
 func TestAckerCoalescesInOrder(t *testing.T) {
 	m := newChannelModel(100)
-	a := newAcker(m, slog.Default(), 1000, time.Hour)
+	a := newAcker(m, slog.Default(), 1000, time.Hour, m.told)
 	for tag := uint64(1); tag <= 100; tag++ {
 		m.wantReply[tag] = true
 		a.replyAndAck(reply(tag, "caller"))
@@ -148,7 +171,7 @@ func TestAckerCoalescesInOrder(t *testing.T) {
 func TestAckerSlowHandlerHoldsBackNoOne(t *testing.T) {
 	const period = 10 * time.Millisecond
 	m := newChannelModel(10)
-	a := newAcker(m, slog.Default(), 200, period)
+	a := newAcker(m, slog.Default(), 200, period, m.told)
 	for tag := uint64(2); tag <= 10; tag++ {
 		a.ack(tag)
 	}
@@ -179,7 +202,7 @@ func TestAckerSlowHandlerHoldsBackNoOne(t *testing.T) {
 func TestAckerStuckHandlerKeepsLittle(t *testing.T) {
 	const n = 20_000
 	m := newChannelModel(n)
-	a := newAcker(m, slog.Default(), 200, 50*time.Microsecond)
+	a := newAcker(m, slog.Default(), 200, 50*time.Microsecond, m.told)
 	for tag := uint64(2); tag <= n; tag++ { // 1 never finishes
 		a.ack(tag)
 	}
@@ -197,7 +220,7 @@ func TestAckerStuckHandlerKeepsLittle(t *testing.T) {
 // delivering until it came.
 func TestAckerSmallPrefetchAcksAtOnce(t *testing.T) {
 	m := newChannelModel(3)
-	a := newAcker(m, slog.Default(), 4, time.Hour)
+	a := newAcker(m, slog.Default(), 4, time.Hour, m.told)
 	defer a.drain()
 	for tag := uint64(1); tag <= 3; tag++ {
 		a.ack(tag)
@@ -211,7 +234,7 @@ func TestAckerSmallPrefetchAcksAtOnce(t *testing.T) {
 // nack.
 func TestAckerReplyFailureAndRequeue(t *testing.T) {
 	m := newChannelModel(6)
-	a := newAcker(m, slog.New(slog.DiscardHandler), 1000, time.Hour)
+	a := newAcker(m, slog.New(slog.DiscardHandler), 1000, time.Hour, m.told)
 	for _, tag := range []uint64{1, 2, 4, 6} {
 		m.wantReply[tag] = true
 		a.replyAndAck(reply(tag, "caller"))
@@ -238,7 +261,7 @@ func TestAckerRandomOrders(t *testing.T) {
 		prefetch := []int{1, 2, 8, 50, 200, 1000}[rnd.IntN(6)]
 		period := []time.Duration{50 * time.Microsecond, time.Millisecond, time.Hour}[rnd.IntN(3)]
 		m := newChannelModel(n)
-		a := newAcker(m, slog.New(slog.DiscardHandler), prefetch, period)
+		a := newAcker(m, slog.New(slog.DiscardHandler), prefetch, period, m.told)
 		tags := rnd.Perm(n)
 		kinds := make([]int, n)
 		for i := range kinds {

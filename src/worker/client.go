@@ -55,7 +55,7 @@ func NewClient(conn *Conn, opts ...Option) *Client {
 		opts:   o,
 		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
 		pub:    newPublisher(conn, o.logger),
-		calls:  newSlot[callSession](conn, openCallSession),
+		calls:  newSlot[callSession](conn.publish, openCallSession),
 		prefix: randomHex(6) + ".",
 	}
 }

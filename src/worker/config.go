@@ -2,13 +2,18 @@ package worker
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"example.com/service/src/internal/redact"
 )
 
 // Config holds the parameters of a RabbitMQ connection. The zero value means
@@ -25,14 +30,25 @@ type Config struct {
 	URL string
 
 	// TLS, when set, makes the connection use TLS with this configuration
-	// (scheme amqps). It may be combined with URL.
+	// (scheme amqps). It may be combined with URL. An empty ServerName is
+	// the broker's host name.
 	TLS *tls.Config
 }
 
-// ConfigFromEnv reads a Config from BROKER_HOST (default "localhost"),
-// BROKER_PORT (5672), BROKER_USER ("guest"), BROKER_PASS ("guest"),
-// BROKER_VHOST ("/") and BROKER_URL (optional; overrides the others).
-// An invalid value is an error naming the variable and its value.
+// ConfigFromEnv reads a Config from the environment:
+//
+//	BROKER_HOST             default localhost
+//	BROKER_PORT             default 5672, or 5671 with TLS
+//	BROKER_USER, BROKER_PASS  default guest, guest
+//	BROKER_VHOST            default /
+//	BROKER_URL              an amqp:// or amqps:// URL; overrides the five above
+//	BROKER_TLS              true: connect with TLS (set by any BROKER_TLS_* below, or amqps)
+//	BROKER_TLS_CA           PEM file of the CAs to trust (default: the system's)
+//	BROKER_TLS_CERT, BROKER_TLS_KEY  PEM files of a client certificate and its key
+//	BROKER_TLS_SERVER_NAME  the name the broker's certificate must carry (default: the host)
+//
+// An invalid value is an error naming the variable and what is wrong with
+// it, never showing a password.
 func ConfigFromEnv() (Config, error) {
 	cfg := Config{
 		Host:     env("BROKER_HOST", "localhost"),
@@ -41,16 +57,71 @@ func ConfigFromEnv() (Config, error) {
 		VHost:    env("BROKER_VHOST", "/"),
 		URL:      os.Getenv("BROKER_URL"),
 	}
-	port := env("BROKER_PORT", "5672")
+	var errs []error
+	tlsCfg, err := tlsFromEnv()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	cfg.TLS = tlsCfg
+	defPort := "5672"
+	if cfg.TLS != nil {
+		defPort = "5671"
+	}
+	port := env("BROKER_PORT", defPort)
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 1 || p > 65535 {
-		return Config{}, fmt.Errorf("BROKER_PORT=%q: not a port number (1-65535)", port)
+		errs = append(errs, fmt.Errorf("BROKER_PORT=%q: not a port number (1-65535)", port))
 	}
 	cfg.Port = p
 	if cfg.URL != "" {
-		if _, err := amqp.ParseURI(cfg.URL); err != nil {
-			return Config{}, fmt.Errorf("BROKER_URL=%q: %w", redactURL(cfg.URL), err)
+		if _, err := parseURL(cfg.URL); err != nil {
+			errs = append(errs, fmt.Errorf("BROKER_URL=%q: %w", redactURL(cfg.URL), err))
 		}
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return cfg, nil
+}
+
+// tlsFromEnv builds the TLS configuration of the BROKER_TLS* variables, nil
+// when none is set.
+func tlsFromEnv() (*tls.Config, error) {
+	on := os.Getenv("BROKER_TLS")
+	ca, cert, key := os.Getenv("BROKER_TLS_CA"), os.Getenv("BROKER_TLS_CERT"), os.Getenv("BROKER_TLS_KEY")
+	name := os.Getenv("BROKER_TLS_SERVER_NAME")
+	switch strings.ToLower(on) {
+	case "", "false", "0", "no":
+		if ca == "" && cert == "" && key == "" && name == "" {
+			return nil, nil
+		}
+		if on != "" {
+			return nil, fmt.Errorf("BROKER_TLS=%q, but BROKER_TLS_CA, _CERT, _KEY or _SERVER_NAME is set: unset them or set BROKER_TLS=true", on)
+		}
+	case "true", "1", "yes":
+	default:
+		return nil, fmt.Errorf("BROKER_TLS=%q: want true or false", on)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: name}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("BROKER_TLS_CA=%q: %w", ca, err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("BROKER_TLS_CA=%q: no PEM certificate in the file", ca)
+		}
+	}
+	if (cert == "") != (key == "") {
+		return nil, errors.New("BROKER_TLS_CERT and BROKER_TLS_KEY go together: set both (a client certificate and its key) or neither")
+	}
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("BROKER_TLS_CERT=%q, BROKER_TLS_KEY=%q: %w", cert, key, err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
 	}
 	return cfg, nil
 }
@@ -62,10 +133,36 @@ func env(key, def string) string {
 	return def
 }
 
+// parseURL parses an amqp:// or amqps:// URL. Its errors never repeat the
+// URL or a part of it, since it may carry a password.
+func parseURL(s string) (amqp.URI, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		var esc url.EscapeError
+		if errors.As(err, &esc) {
+			return amqp.URI{}, errors.New("a % in it is not followed by two hex digits: percent-encode reserved characters of the user and password (% is %25, @ is %40, : is %3A, / is %2F)")
+		}
+		return amqp.URI{}, errors.New("not a valid URL (check the host and that the user and password are percent-encoded)")
+	}
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return amqp.URI{}, errors.New("not an amqp:// or amqps:// URL")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return amqp.URI{}, fmt.Errorf("port %q is not a port number (1-65535)", p)
+		}
+	}
+	uri, err := amqp.ParseURI(s)
+	if err != nil {
+		return amqp.URI{}, errors.New("not a valid AMQP URL (see https://www.rabbitmq.com/docs/uri-spec)")
+	}
+	return uri, nil
+}
+
 // uri resolves the config to a parsed URI with every default applied.
 func (c Config) uri() (amqp.URI, error) {
 	if c.URL != "" {
-		u, err := amqp.ParseURI(c.URL)
+		u, err := parseURL(c.URL)
 		if err != nil {
 			return amqp.URI{}, fmt.Errorf("broker URL %q: %w", redactURL(c.URL), err)
 		}
@@ -105,7 +202,22 @@ func (c Config) uri() (amqp.URI, error) {
 	return u, nil
 }
 
-// Addr is host:port of the broker, for messages.
+// tlsConfig is the TLS configuration for u, nil without TLS.
+func (c Config) tlsConfig(u amqp.URI) *tls.Config {
+	if u.Scheme != "amqps" {
+		return nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.TLS != nil {
+		cfg = c.TLS.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = u.Host
+	}
+	return cfg
+}
+
+// addr is host:port of the broker, for messages.
 func (c Config) addr() string {
 	u, err := c.uri()
 	if err != nil {
@@ -114,12 +226,13 @@ func (c Config) addr() string {
 	return net.JoinHostPort(u.Host, strconv.Itoa(u.Port))
 }
 
-// redactURL replaces the password of an amqp URL by "xxxxx" so it can be
-// shown in errors and logs.
+// redactURL masks the password of an amqp URL so it can be shown in errors
+// and logs; a URL that does not parse is masked from the scheme to the last
+// "@".
 func redactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
-		return "(unparsable URL)"
+		return redact.URLs(s)
 	}
 	return u.Redacted()
 }

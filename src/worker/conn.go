@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,17 +20,37 @@ import (
 // was closed.
 var ErrClosed = errors.New("worker: connection closed")
 
-// Conn is one connection to RabbitMQ shared by workers and clients. When the
-// connection drops, Conn reconnects in the background (backoff from 100 ms
-// up to 5 s, forever until Close) and every worker and client built on it
-// opens new channels, redeclares its queues and resumes. A reconnect the
-// broker refuses (credentials, vhost, permissions) is retried too, and
-// logged at error level once a minute. It is safe for concurrent use.
+// Conn is a process's connection to RabbitMQ, shared by its workers and
+// clients. It is two AMQP connections, as RabbitMQ advises: the workers
+// consume on one, and clients and the workers' dead-letter publisher publish
+// on the other, so flow control on publishing never holds back the acks
+// and replies of consumers, and a consumer waiting for memory (see
+// [WithMaxInflightBytes]) never holds back the confirms or replies a
+// handler waits for.
+//
+// When a connection drops, Conn reconnects it in the background (backoff
+// from 100 ms up to 5 s, forever until Close) and every worker and client
+// built on it opens new channels, redeclares its queues and resumes. A
+// reconnect the broker refuses (credentials, vhost, permissions) is retried
+// too, and logged at error level once a minute. It is safe for concurrent
+// use.
 type Conn struct {
+	consume *link // workers' consumers (and their replies)
+	publish *link // Client, dead-letter publisher
+
+	budget  *budget // bytes held by unsettled deliveries on consume
+	inflate *sem    // bytes of gzip bodies being inflated
+	maxBody int64
+}
+
+// link is one AMQP connection that reconnects itself.
+type link struct {
 	uri    amqp.URI
 	cfg    amqp.Config
+	tls    *tls.Config // TLS below the guard; amqp091-go sees plain AMQP
 	addr   string
 	logger *slog.Logger
+	wrap   func(net.Conn) net.Conn // puts a guard on each socket
 
 	mu    sync.Mutex
 	cur   *amqp.Connection // nil while reconnecting
@@ -43,33 +64,57 @@ type Conn struct {
 // until ctx ends; then Dial fails with one line naming the address, the user
 // and the cause, e.g. "cannot reach RabbitMQ at 127.0.0.1:5672 as guest:
 // connection refused". Refused credentials or vhost fail at once.
-// Options: [WithName], [WithLogger].
+// Options: [WithName], [WithLogger], [WithMaxBodySize] (no body larger is
+// read off the wire), [WithMaxInflightBytes].
 func Dial(ctx context.Context, cfg Config, opts ...Option) (*Conn, error) {
 	o := newOptions(opts)
 	uri, err := cfg.uri()
 	if err != nil {
 		return nil, err
 	}
-	props := amqp.NewConnectionProperties()
-	if o.name != "" {
-		props.SetClientConnectionName(o.name)
+	c := &Conn{budget: newBudget(o.maxInflight), inflate: newSem(o.maxInflate), maxBody: o.maxBody}
+	newLink := func(role string, b *budget) *link {
+		props := amqp.NewConnectionProperties()
+		if o.name != "" {
+			props.SetClientConnectionName(o.name + " (" + role + ")")
+		}
+		l := &link{
+			uri:    uri,
+			cfg:    amqp.Config{Properties: props, Heartbeat: 10 * time.Second},
+			tls:    cfg.tlsConfig(uri),
+			addr:   cfg.addr(),
+			logger: o.logger.With("connection", role),
+			wrap:   func(sock net.Conn) net.Conn { return newGuard(sock, o.maxBody, b) },
+			up:     make(chan struct{}),
+			done:   make(chan struct{}),
+		}
+		// amqp091-go speaks plain AMQP over the guard; TLS, when set, is
+		// done in dialOnce, below it.
+		l.uri.Scheme = "amqp"
+		return l
 	}
-	c := &Conn{
-		uri:    uri,
-		cfg:    amqp.Config{Properties: props, TLSClientConfig: cfg.TLS, Heartbeat: 10 * time.Second},
-		addr:   cfg.addr(),
-		logger: o.logger,
-		up:     make(chan struct{}),
-		done:   make(chan struct{}),
+	c.consume = newLink("consume", c.budget)
+	c.publish = newLink("publish", nil)
+	if err := c.consume.start(ctx); err != nil {
+		return nil, err
 	}
+	if err := c.publish.start(ctx); err != nil {
+		_ = c.consume.shut()
+		return nil, err
+	}
+	return c, nil
+}
+
+// start makes the first connection and supervises it from then on.
+func (c *link) start(ctx context.Context) error {
 	conn, closed, err := c.connect(ctx, true)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.setUp(conn)
 	c.wg.Add(1)
 	go c.supervise(conn, closed)
-	return c, nil
+	return nil
 }
 
 // refusedLogEvery is how often a reconnect refused by the broker is logged
@@ -85,7 +130,7 @@ const handshakeTimeout = 30 * time.Second
 // permanentFails) the broker refuses the credentials. It returns the
 // connection with its close notifications already registered, so a close
 // right after the handshake is never missed.
-func (c *Conn) connect(ctx context.Context, permanentFails bool) (*amqp.Connection, chan *amqp.Error, error) {
+func (c *link) connect(ctx context.Context, permanentFails bool) (*amqp.Connection, chan *amqp.Error, error) {
 	backoff := 100 * time.Millisecond
 	var last error
 	var loud time.Time // when a refused login was last logged at error level
@@ -124,7 +169,7 @@ func (c *Conn) connect(ctx context.Context, permanentFails bool) (*amqp.Connecti
 // dialOnce makes one attempt, bounded by ctx and by handshakeTimeout: the
 // socket gets a deadline for the handshake (amqp091-go clears it once the
 // connection is open) and is closed when ctx ends during the handshake.
-func (c *Conn) dialOnce(ctx context.Context) (*amqp.Connection, chan *amqp.Error, error) {
+func (c *link) dialOnce(ctx context.Context) (*amqp.Connection, chan *amqp.Error, error) {
 	var sock net.Conn
 	var deadline time.Time
 	stop := func() bool { return true }
@@ -147,7 +192,14 @@ func (c *Conn) dialOnce(ctx context.Context) (*amqp.Connection, chan *amqp.Error
 		}
 		sock = conn
 		stop = context.AfterFunc(ctx, func() { _ = conn.Close() })
-		return conn, nil
+		if c.tls != nil {
+			tc := tls.Client(conn, c.tls)
+			if err := tc.HandshakeContext(dctx); err != nil {
+				return nil, fmt.Errorf("TLS handshake: %w", err)
+			}
+			conn = tc
+		}
+		return c.wrap(conn), nil
 	}
 	conn, err := amqp.DialConfig(c.uri.String(), cfg)
 	if !stop() && err == nil {
@@ -236,7 +288,7 @@ func cause(err error) string {
 	return err.Error()
 }
 
-func (c *Conn) setUp(conn *amqp.Connection) {
+func (c *link) setUp(conn *amqp.Connection) {
 	c.mu.Lock()
 	c.cur = conn
 	close(c.up)
@@ -244,7 +296,7 @@ func (c *Conn) setUp(conn *amqp.Connection) {
 }
 
 // supervise replaces the connection whenever it closes, until Close.
-func (c *Conn) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
+func (c *link) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
 	defer c.wg.Done()
 	for {
 		select {
@@ -288,7 +340,7 @@ func (c *Conn) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
 
 // channel opens a channel on the current connection, waiting for a
 // reconnect when the connection is down, until ctx ends or Close.
-func (c *Conn) channel(ctx context.Context) (*amqp.Channel, error) {
+func (c *link) channel(ctx context.Context) (*amqp.Channel, error) {
 	for {
 		c.mu.Lock()
 		conn, up := c.cur, c.up
@@ -341,10 +393,14 @@ func (c *Conn) channel(ctx context.Context) (*amqp.Channel, error) {
 // closeTimeout bounds the close handshake of Close.
 const closeTimeout = 5 * time.Second
 
-// Close closes the connection (waiting at most 5 s for the broker to
-// confirm). Workers and clients built on it stop; close
-// them first (Shutdown, Client.Close) so their in-flight work completes.
+// Close closes both connections (waiting at most 5 s for the broker to
+// confirm each). Workers and clients built on it stop; close them first
+// (Shutdown, Client.Close) so their in-flight work completes.
 func (c *Conn) Close() error {
+	return errors.Join(c.consume.shut(), c.publish.shut())
+}
+
+func (c *link) shut() error {
 	c.close.Do(func() { close(c.done) })
 	c.wg.Wait()
 	c.mu.Lock()
@@ -360,11 +416,19 @@ func (c *Conn) Close() error {
 // isClosed reports whether Close was called.
 func (c *Conn) isClosed() bool {
 	select {
-	case <-c.done:
+	case <-c.publish.done:
 		return true
 	default:
 		return false
 	}
+}
+
+// channel opens a channel on the consuming connection; see link.channel.
+func (c *Conn) channel(ctx context.Context) (*amqp.Channel, error) { return c.consume.channel(ctx) }
+
+// release gives back the memory a delivery held once it is settled.
+func (c *Conn) release(consumerTag string, deliveryTag uint64) {
+	c.budget.release(consumerTag, deliveryTag)
 }
 
 // refused reports whether the broker turned the login down (credentials,

@@ -3,6 +3,9 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
+	"unicode/utf8"
 )
 
 // Error types on the wire that this package produces itself.
@@ -77,6 +80,7 @@ type RemoteError struct {
 	Route   string
 	Type    string // e.g. "NotFound", "BadRequest", "Error"
 	Message string
+	ID      string // the id the remote service logged the error under
 	GoType  string // development mode only
 	Trace   string // development mode only
 }
@@ -104,3 +108,64 @@ type badRequestError struct{ err error }
 func (e *badRequestError) Error() string        { return e.err.Error() }
 func (e *badRequestError) Unwrap() error        { return e.err }
 func (e *badRequestError) Is(target error) bool { return target == ErrBadRequest }
+
+// Error texts are bounded where they travel: a handler's error may repeat
+// its input, and an input can be megabytes.
+const (
+	maxReplyText  = 4096 // bytes of an error message in a reply
+	maxHeaderText = 1024 // bytes of an error message in a dead letter's headers
+	maxLogText    = 2048 // bytes of an error in a log line
+)
+
+// outcome is how a failed delivery is reported: a type and public message
+// for the caller (the reply, or a dead letter's headers), the whole error
+// for the log, both under one id.
+type outcome struct {
+	Type     string // the reply type
+	Public   string // what the caller is told
+	Internal string // what the log is told
+	ID       string // ties the two together
+	Panic    *panicError
+	GoType   string // the innermost error's Go type (for development replies)
+	Chain    string // the Go types of the error chain, outermost first
+}
+
+// describe reports err. An error without a type of its own ([Typed],
+// [ErrBadRequest]) is an internal failure: in production its text (a
+// driver's message, an address, a query) stays in the log and the caller
+// gets "internal error" and the id. A typed error's message is meant for
+// the caller and is told as it is; in development every message is.
+func describe(err error, development bool) outcome {
+	o := outcome{Type: errorType(err), Internal: err.Error(), ID: randomHex(8)}
+	var pe *panicError
+	if errors.As(err, &pe) {
+		o.Panic = pe
+	}
+	var chain []string
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		chain = append(chain, reflect.TypeOf(e).String())
+	}
+	o.GoType = chain[len(chain)-1]
+	o.Chain = "error chain: " + strings.Join(chain, " -> ")
+	public := o.Type != TypeError && o.Panic == nil
+	if public || development {
+		o.Public = o.Internal
+	} else {
+		o.Public = "internal error (error id " + o.ID + "); the service's log has the details"
+	}
+	return o
+}
+
+// truncate cuts s to at most n bytes on a UTF-8 boundary, saying how much
+// was cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	suffix := fmt.Sprintf("... (%d bytes in all)", len(s))
+	cut := max(n-len(suffix), 0)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + suffix
+}

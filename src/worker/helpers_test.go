@@ -124,8 +124,9 @@ func client(tb testing.TB, conn *worker.Conn) *worker.Client {
 	return c
 }
 
-// closeConnection makes the broker close the connection whose
-// connection_name is name, as a network failure would.
+// closeConnection makes the broker close the connections of the Conn
+// dialed WithName(name) (its consuming and its publishing connection), as a
+// network failure would.
 func closeConnection(tb testing.TB, name string) {
 	tb.Helper()
 	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "pid", "client_properties").CombinedOutput()
@@ -134,7 +135,7 @@ func closeConnection(tb testing.TB, name string) {
 	}
 	closed := 0
 	for _, line := range strings.Split(string(out), "\n") {
-		if !strings.Contains(line, `"`+name+`"`) && !strings.Contains(line, "<<\""+name+"\">>") {
+		if !namedConn(line, name) {
 			continue
 		}
 		pid := strings.Fields(line)[0]
@@ -187,24 +188,41 @@ func eventually(tb testing.TB, what string, cond func() bool) {
 	}
 }
 
-// channels returns how many channels the connection named name has open.
+// namedConn reports whether a line of rabbitmqctl list_connections is one
+// of the two connections of the Conn dialed WithName(name).
+func namedConn(line, name string) bool {
+	for _, role := range []string{"consume", "publish"} {
+		full := name + " (" + role + ")"
+		if strings.Contains(line, `"`+full+`"`) || strings.Contains(line, "<<\""+full+"\">>") {
+			return true
+		}
+	}
+	return false
+}
+
+// channels returns how many channels the Conn dialed WithName(name) has
+// open, on its two connections together.
 func channels(tb testing.TB, name string) int {
 	tb.Helper()
 	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "channels", "client_properties").CombinedOutput()
 	if err != nil {
 		tb.Fatalf("rabbitmqctl list_connections: %v\n%s", err, out)
 	}
+	total, found := 0, 0
 	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(line, `"`+name+`"`) || strings.Contains(line, "<<\""+name+"\">>") {
+		if namedConn(line, name) {
 			n, err := strconv.Atoi(strings.Fields(line)[0])
 			if err != nil {
 				tb.Fatalf("rabbitmqctl list_connections: no channel count in %q", line)
 			}
-			return n
+			total += n
+			found++
 		}
 	}
-	tb.Fatalf("no connection named %q in:\n%s", name, out)
-	return 0
+	if found == 0 {
+		tb.Fatalf("no connection named %q in:\n%s", name, out)
+	}
+	return total
 }
 
 // silentListener accepts TCP connections and never answers; it returns the

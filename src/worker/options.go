@@ -18,6 +18,13 @@ type options struct {
 	drain       time.Duration
 	maxBody     int64
 	maxDepth    int
+	maxInflight int64
+	maxInflate  int64
+	queueType   QueueType // "" means the kind's default
+	delivery    int
+	dlqMax      int
+	dlqMaxBytes int64
+	replyTo     func(string) bool
 }
 
 // Retry is the retry policy of a [Queue] worker: a failed handler runs again
@@ -31,10 +38,16 @@ type Retry struct {
 
 // Defaults.
 const (
-	DefaultPrefetch     = 200              // deliveries in flight per route
-	DefaultMaxBodySize  = 16 << 20         // bytes, after gzip decompression
-	DefaultMaxDepth     = 128              // JSON nesting levels
-	DefaultDrainTimeout = 30 * time.Second // Shutdown wait when its ctx has no deadline
+	DefaultPrefetch    = 200      // deliveries in flight per route
+	DefaultMaxBodySize = 16 << 20 // bytes, after gzip decompression
+	DefaultMaxDepth    = 128      // JSON nesting levels
+	// DefaultMaxInflightBytes is the budget of a Conn for the bodies of the
+	// deliveries its workers hold (received, not yet settled).
+	DefaultMaxInflightBytes = 64 << 20
+	// DefaultMaxInflateBytes is the budget of a Conn for gzip bodies being
+	// decompressed at once.
+	DefaultMaxInflateBytes = 64 << 20
+	DefaultDrainTimeout    = 30 * time.Second // Shutdown wait when its ctx has no deadline
 )
 
 // DefaultRetry is the queue retry policy: 6 runs with waits of 0.2, 0.4, 0.8,
@@ -49,6 +62,9 @@ func newOptions(opts []Option) options {
 		drain:    DefaultDrainTimeout,
 		maxBody:  DefaultMaxBodySize,
 		maxDepth: DefaultMaxDepth,
+
+		maxInflight: DefaultMaxInflightBytes,
+		maxInflate:  DefaultMaxInflateBytes,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -56,6 +72,8 @@ func newOptions(opts []Option) options {
 	if o.logger == nil {
 		o.logger = slog.Default()
 	}
+	o.maxInflight = max(o.maxInflight, o.maxBody)
+	o.maxInflate = max(o.maxInflate, o.maxBody)
 	return o
 }
 
@@ -100,3 +118,46 @@ func WithDrainTimeout(d time.Duration) Option { return func(o *options) { o.drai
 // WithMaxBodySize caps the size of a request body after gzip decompression
 // (RPC, Queue, Client replies). Default [DefaultMaxBodySize].
 func WithMaxBodySize(n int64) Option { return func(o *options) { o.maxBody = n } }
+
+// WithMaxInflightBytes sets how many bytes of message bodies the workers of
+// a Conn may hold at once: received and not yet settled ([Dial]). Default
+// [DefaultMaxInflightBytes]. A delivery whose body does not fit waits on
+// the socket, before it is read, until enough others are settled: the
+// broker then holds back what it would send, on every route of the
+// connection. RabbitMQ's prefetch bounds deliveries by count only, so this
+// is what bounds the memory they take. Values below the body limit
+// ([WithMaxBodySize]) mean the body limit.
+func WithMaxInflightBytes(n int64) Option { return func(o *options) { o.maxInflight = n } }
+
+// WithMaxInflateBytes sets how many bytes the gzip bodies being
+// decompressed at once may inflate to ([Dial]). Default
+// [DefaultMaxInflateBytes]. A gzip body reserves the size its trailer
+// states (refused at once when over the body limit) before it is
+// inflated, and may not inflate past it.
+func WithMaxInflateBytes(n int64) Option { return func(o *options) { o.maxInflate = n } }
+
+// WithQueueType sets the type of the routes' queues (RPC, Queue): [Quorum]
+// or [Classic]. Default: Classic for RPC routes, Quorum for queue routes
+// and their dead-letter queues.
+func WithQueueType(t QueueType) Option { return func(o *options) { o.queueType = t } }
+
+// WithDeliveryLimit sets how often a quorum queue route delivers a message
+// before the broker dead-letters it (Queue). Default [DefaultDeliveryLimit].
+func WithDeliveryLimit(n int) Option { return func(o *options) { o.delivery = n } }
+
+// WithDeadLetterLimit bounds each dead-letter queue to messages and bytes
+// (Queue). Zero keeps a default ([DefaultDeadLetterMax],
+// [DefaultDeadLetterMaxBytes]). A full dead-letter queue refuses new dead
+// letters; their messages stay in the route's queue and are retried.
+func WithDeadLetterLimit(messages int, bytes int64) Option {
+	return func(o *options) { o.dlqMax, o.dlqMaxBytes = messages, bytes }
+}
+
+// WithReplyTo sets which reply_to values an RPC worker answers to (RPC).
+// Default [ReplyQueue]: RabbitMQ's direct reply-to and server-named queues,
+// never a route's queue, so a reply cannot be run as someone's request or
+// job. A request whose reply_to is refused is not run; it is logged and
+// acked.
+func WithReplyTo(allow func(replyTo string) bool) Option {
+	return func(o *options) { o.replyTo = allow }
+}

@@ -46,7 +46,7 @@ type pendingPub struct {
 
 func newPublisher(conn *Conn, logger *slog.Logger) *publisher {
 	p := &publisher{logger: logger, prefix: randomHex(6)}
-	p.sessions = newSlot[pubSession](conn, openPubSession)
+	p.sessions = newSlot[pubSession](conn.publish, openPubSession)
 	return p
 }
 

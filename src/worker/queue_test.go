@@ -242,7 +242,7 @@ func TestBadInputMatrix(t *testing.T) {
 		{"missing data", "", []byte(`{"name": "x"}`), `no "data" member`},
 		{"not an object", "", []byte(`[1,2]`), "not an object"},
 		{"empty", "", nil, "empty"},
-		{"gzip bomb", "", bomb, "more than the limit"},
+		{"gzip bomb", "", bomb, "over the limit"},
 		{"corrupt gzip", "", []byte{0x1f, 0x8b, 1, 2, 3}, "gzip"},
 		{"too deep", "", []byte(`{"data":` + deep + `}`), "nested more than"},
 		{"too big", "", append(append([]byte(`{"data":"`), bytes.Repeat([]byte("b"), 2<<20)...), `"}`...), "over the limit"},

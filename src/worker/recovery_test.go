@@ -269,7 +269,8 @@ func TestReconnectRefusedLoggedAsError(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "several refused reconnects", func() bool { return logs.count(slog.LevelDebug, "retrying") >= 2 })
-	if n := logs.count(slog.LevelError, "refuses the login"); n != 1 {
-		t.Fatalf("%d error records about the refused login after several retries, want 1", n)
+	// One per connection: the consuming and the publishing one.
+	if n := logs.count(slog.LevelError, "refuses the login"); n != 2 {
+		t.Fatalf("%d error records about the refused login after several retries, want 2 (one per connection)", n)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"reflect"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -50,10 +49,12 @@ func (k kind) String() string {
 
 // server is what RPC and Queue share: routes, consumers, lifecycle.
 type server struct {
-	conn *Conn
-	kind kind
-	opts options
-	lim  limits
+	conn   *Conn
+	kind   kind
+	opts   options
+	lim    limits
+	queues queueSettings
+	logs   *sampler
 
 	mu        sync.Mutex
 	routes    map[string]Handler
@@ -76,9 +77,14 @@ type server struct {
 func newServer(conn *Conn, k kind, opts []Option) *server {
 	o := newOptions(opts)
 	base, cancel := context.WithCancel(context.Background())
+	if o.replyTo == nil {
+		o.replyTo = ReplyQueue
+	}
 	s := &server{
 		conn: conn, kind: k, opts: o,
-		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
+		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth, inflate: conn.inflate},
+		queues: newQueueSettings(k, o),
+		logs:   newSampler(),
 		routes: map[string]Handler{},
 		stop:   make(chan struct{}),
 		base:   base, cancelBase: cancel,
@@ -266,24 +272,24 @@ func (c *consumer) setup(ctx context.Context) (<-chan amqp.Delivery, error) {
 	}
 	fail := func(what string, err error) (<-chan amqp.Delivery, error) {
 		_ = ch.Close()
-		var ae *amqp.Error
-		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
-			return nil, fmt.Errorf("route %q: %s: %w (the queue exists with other settings; delete it or rename the route)", c.route, what, err)
+		if what == "" {
+			return nil, fmt.Errorf("route %q: %w", c.route, err)
 		}
 		return nil, fmt.Errorf("route %q: %s: %w", c.route, what, err)
 	}
 	if err := ch.Qos(s.opts.prefetch, 0, false); err != nil {
 		return fail("set prefetch", err)
 	}
-	durable := s.kind == kindQueue
-	if _, err := ch.QueueDeclare(c.route, durable, false, false, false, nil); err != nil {
-		return fail(fmt.Sprintf("declare queue %q", c.route), err)
-	}
 	if s.kind == kindQueue {
+		// The dead-letter queue first: the route's queue names it.
 		dlq := c.route + DeadLetterSuffix
-		if _, err := ch.QueueDeclare(dlq, true, false, false, false, nil); err != nil {
-			return fail(fmt.Sprintf("declare dead-letter queue %q", dlq), err)
+		if _, err := ch.QueueDeclare(dlq, true, false, false, false, s.queues.deadLetterArgs()); err != nil {
+			return fail("", declareError(dlq, s.queues.typ, err))
 		}
+	}
+	durable, args := s.queues.routeQueue(s.kind, c.route)
+	if _, err := ch.QueueDeclare(c.route, durable, false, false, false, args); err != nil {
+		return fail("", declareError(c.route, s.queues.typ, err))
 	}
 	tag := c.route + "." + randomHex(6)
 	deliveries, err := ch.Consume(c.route, tag, false, false, false, false, nil)
@@ -311,7 +317,9 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 	defer s.loops.Done()
 	for {
 		c.mu.Lock()
-		ack := newAcker(c.ch, s.opts.logger, s.opts.prefetch, ackPeriod)
+		tag := c.tag
+		ack := newAcker(c.ch, s.opts.logger, s.opts.prefetch, ackPeriod,
+			func(deliveryTag uint64) { s.conn.release(tag, deliveryTag) })
 		c.mu.Unlock()
 		// A goroutine per delivery: the broker sends at most the prefetch
 		// before we ack, so at most that many handlers run. A new goroutine
@@ -410,6 +418,18 @@ func deadline(d *amqp.Delivery) time.Time {
 
 func (c *consumer) serveRPC(ack *acker, d *amqp.Delivery) {
 	s := c.s
+	if isReply(d) {
+		// Sent here as somebody's reply_to: a reply is never run.
+		s.logRefused(c.route, "a reply arrived as a request; not run", "type", d.Type, "correlation_id", d.CorrelationId)
+		ack.ack(d.DeliveryTag)
+		return
+	}
+	if d.ReplyTo != "" && !s.opts.replyTo(d.ReplyTo) {
+		s.logRefused(c.route, "request refused: its reply_to is not a reply queue (direct reply-to or a server-named queue); not run",
+			"reply_to", truncate(d.ReplyTo, 100), "correlation_id", d.CorrelationId)
+		ack.ack(d.DeliveryTag)
+		return
+	}
 	req := &Request{Route: c.route, Attempt: 1, Deadline: deadline(d), Delivery: d}
 	if !req.Deadline.IsZero() && !time.Now().Before(req.Deadline) {
 		s.opts.logger.Debug("request expired before it ran; dropped", "route", c.route, "deadline", req.Deadline)
@@ -417,45 +437,70 @@ func (c *consumer) serveRPC(ack *acker, d *amqp.Delivery) {
 		return
 	}
 	var out []byte
-	data, gz, err := decodeBody(d.Body, d.ContentEncoding, s.lim)
+	var gz bool
+	err := refusal(d)
 	if err == nil {
-		req.Data = data
 		ctx, cancel := s.base, context.CancelFunc(func() {})
 		if !req.Deadline.IsZero() {
 			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
 		}
-		out, err = c.call(ctx, req)
+		req.Data, gz, err = decodeBody(ctx, d.Body, d.ContentEncoding, s.lim)
+		if err == nil {
+			out, err = c.call(ctx, req)
+		}
 		cancel()
 	}
-	if d.ReplyTo != "" {
-		var body []byte
-		if err != nil {
-			s.opts.logger.Debug("handler failed", "route", c.route, "err", err)
-			body = encodeFailure(c.wireError(err))
-		} else {
-			body = encodeSuccess(out)
-		}
-		ct := ContentJSON
-		if gz {
-			body, ct = gzipBytes(body), ContentGzip
-		}
-		ack.replyAndAck(d.DeliveryTag, d.ReplyTo, amqp.Publishing{
-			ContentType:   ct,
-			CorrelationId: d.CorrelationId,
-			Body:          body,
-		})
+	var body []byte
+	typ := replyResult
+	if err != nil {
+		o := describe(err, s.opts.development)
+		s.logFailure(c.route, "request failed", o)
+		body, typ = encodeFailure(wire(o, s.opts.development)), replyError
+	} else {
+		body = encodeSuccess(out)
+	}
+	if d.ReplyTo == "" {
+		ack.ack(d.DeliveryTag)
 		return
 	}
-	ack.ack(d.DeliveryTag)
+	ct := ContentJSON
+	if gz {
+		body, ct = gzipBytes(body), ContentGzip
+	}
+	ack.replyAndAck(d.DeliveryTag, d.ReplyTo, amqp.Publishing{
+		ContentType:   ct,
+		CorrelationId: d.CorrelationId,
+		Type:          typ,
+		Body:          body,
+	})
+}
+
+// AMQP types of replies, as aio-pika's RPC (the Python seed's) sets and
+// requires them.
+const (
+	replyResult = "result"
+	replyError  = "error"
+)
+
+// isReply reports whether d is a reply: it never runs as a request or job.
+func isReply(d *amqp.Delivery) bool { return d.Type == replyResult || d.Type == replyError }
+
+// refusal is the BadRequest of a delivery the guard could not hand on
+// whole: its body was over the limit, or its headers unreadable.
+func refusal(d *amqp.Delivery) error {
+	for _, h := range []string{HeaderBodyRefused, HeaderHeadersRefused} {
+		if why, ok := d.Headers[h].(string); ok {
+			return badRequest("%s", why)
+		}
+	}
+	return nil
 }
 
 // call runs the handler, turning a panic into an error.
 func (c *consumer) call(ctx context.Context, req *Request) (out []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			pe := &panicError{route: c.route, value: r, stack: debug.Stack()}
-			c.s.opts.logger.Error("handler panicked", "route", c.route, "panic", r, "stack", string(pe.stack))
-			err = pe
+			err = &panicError{route: c.route, value: r, stack: debug.Stack()} // logged with its stack by logFailure
 		}
 	}()
 	out, err = c.h.Serve(ctx, req)
@@ -475,20 +520,15 @@ func (e *panicError) Error() string {
 	return fmt.Sprintf("handler of route %q panicked: %v", e.route, e.value)
 }
 
-func (c *consumer) wireError(err error) wireError {
-	we := wireError{Type: errorType(err), Message: err.Error()}
-	if c.s.opts.development {
-		var pe *panicError
-		if errors.As(err, &pe) {
-			we.GoType = fmt.Sprintf("panic(%T)", pe.value)
-			we.Trace = string(pe.stack)
+// wire is the error member of a failure reply for o.
+func wire(o outcome, development bool) wireError {
+	we := wireError{Type: o.Type, Message: truncate(o.Public, maxReplyText), ID: o.ID}
+	if development {
+		if o.Panic != nil {
+			we.GoType = fmt.Sprintf("panic(%T)", o.Panic.value)
+			we.Trace = string(o.Panic.stack)
 		} else {
-			var chain []string
-			for e := err; e != nil; e = errors.Unwrap(e) {
-				chain = append(chain, reflect.TypeOf(e).String())
-			}
-			we.GoType = chain[len(chain)-1]
-			we.Trace = "error chain: " + strings.Join(chain, " -> ")
+			we.GoType, we.Trace = o.GoType, o.Chain
 		}
 	}
 	return we
@@ -496,8 +536,23 @@ func (c *consumer) wireError(err error) wireError {
 
 func (c *consumer) serveQueue(ack *acker, d *amqp.Delivery) {
 	s := c.s
+	if why, ok := d.Headers[HeaderBodyRefused].(string); ok {
+		// The body was never read: the broker moves the whole message to
+		// the dead-letter queue (the queue's dead-letter exchange).
+		s.logFailure(c.route, "message rejected to the dead-letter queue", describe(badRequest("%s", why), true), "message_id", d.MessageId)
+		ack.reject(d.DeliveryTag)
+		return
+	}
+	if isReply(d) {
+		c.deadLetter(ack, d, badRequest("a reply (AMQP type %q) arrived on queue route %q, sent here as somebody's reply_to; it is not a job", d.Type, c.route), 0)
+		return
+	}
+	if err := refusal(d); err != nil {
+		c.deadLetter(ack, d, err, 0)
+		return
+	}
 	req := &Request{Route: c.route, Delivery: d}
-	data, _, err := decodeBody(d.Body, d.ContentEncoding, s.lim)
+	data, _, err := decodeBody(s.base, d.Body, d.ContentEncoding, s.lim)
 	if err != nil {
 		c.deadLetter(ack, d, err, 0)
 		return
@@ -515,7 +570,7 @@ func (c *consumer) serveQueue(ack *acker, d *amqp.Delivery) {
 			c.deadLetter(ack, d, err, attempt)
 			return
 		}
-		s.opts.logger.Debug("handler failed, retrying", "route", c.route, "attempt", attempt, "err", err, "in", backoff)
+		s.opts.logger.Debug("handler failed, retrying", "route", c.route, "attempt", attempt, "err", truncate(err.Error(), maxLogText), "in", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-s.base.Done():
@@ -524,73 +579,6 @@ func (c *consumer) serveQueue(ack *acker, d *amqp.Delivery) {
 		}
 		backoff = min(backoff*2, s.opts.retry.MaxBackoff)
 	}
-}
-
-// deadLetter publishes the message to the route's dead-letter queue with
-// the error in its headers and, once confirmed, acks it. When the
-// dead-letter queue is gone it is declared again. When the dead letter
-// still cannot be confirmed the message is requeued after a wait that grows
-// with each consecutive failure (1 s up to 30 s), never dropped and never
-// redelivered in a tight loop.
-func (c *consumer) deadLetter(ack *acker, d *amqp.Delivery, cause error, attempts int) {
-	s := c.s
-	dlq := c.route + DeadLetterSuffix
-	headers := amqp.Table{}
-	for k, v := range d.Headers {
-		headers[k] = v
-	}
-	headers[HeaderError] = cause.Error()
-	headers[HeaderErrorType] = errorType(cause)
-	headers[HeaderAttempts] = int32(attempts)
-	headers[HeaderRoute] = c.route
-	msg := amqp.Publishing{
-		Headers:         headers,
-		ContentType:     d.ContentType,
-		ContentEncoding: d.ContentEncoding,
-		DeliveryMode:    amqp.Persistent,
-		CorrelationId:   d.CorrelationId,
-		MessageId:       d.MessageId,
-		Timestamp:       d.Timestamp,
-		Type:            d.Type,
-		AppId:           d.AppId,
-		Body:            d.Body,
-	}
-	ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
-	defer cancel()
-	err := s.dlq.publish(ctx, dlq, msg)
-	if errors.Is(err, ErrNoRoute) {
-		s.opts.logger.Warn("dead-letter queue missing; declaring it again", "route", c.route, "queue", dlq)
-		if derr := c.declareDLQ(ctx); derr != nil {
-			err = fmt.Errorf("%w; declare it again: %w", err, derr)
-		} else {
-			err = s.dlq.publish(ctx, dlq, msg)
-		}
-	}
-	if err != nil {
-		n := c.dlqFails.Add(1)
-		wait := min(time.Second<<min(n-1, 5), 30*time.Second)
-		s.opts.logger.Error("cannot dead-letter message; requeueing it after a wait", "route", c.route, "queue", dlq, "err", err, "cause", cause, "in", wait)
-		select {
-		case <-time.After(wait):
-		case <-s.stop: // shutting down: give it back now
-		}
-		ack.requeue(d.DeliveryTag)
-		return
-	}
-	c.dlqFails.Store(0)
-	s.opts.logger.Warn("message dead-lettered", "route", c.route, "queue", dlq, "attempts", attempts, "err", cause)
-	ack.ack(d.DeliveryTag)
-}
-
-// declareDLQ declares the route's dead-letter queue on a channel of its own.
-func (c *consumer) declareDLQ(ctx context.Context) error {
-	ch, err := c.s.conn.channel(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = ch.Close() }()
-	_, err = ch.QueueDeclare(c.route+DeadLetterSuffix, true, false, false, false, nil)
-	return err
 }
 
 func randomHex(n int) string {

@@ -35,7 +35,7 @@ type slot[T any, S interface {
 	*T
 	state() *chanState
 }] struct {
-	conn *Conn
+	conn *link
 	// open sets up a session on ch; when it fails, it closes ch.
 	open func(ch *amqp.Channel) (*T, error)
 
@@ -48,7 +48,7 @@ type slot[T any, S interface {
 func newSlot[T any, S interface {
 	*T
 	state() *chanState
-}](conn *Conn, open func(ch *amqp.Channel) (*T, error),
+}](conn *link, open func(ch *amqp.Channel) (*T, error),
 ) *slot[T, S] {
 	return &slot[T, S]{conn: conn, open: open, opening: make(chan struct{}, 1)}
 }

@@ -3,6 +3,8 @@ package worker
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +25,7 @@ var gzipMagic = []byte{0x1f, 0x8b}
 type limits struct {
 	maxBody  int64
 	maxDepth int
+	inflate  *sem // bytes of gzip bodies inflating at once; nil: no bound
 }
 
 var defaultLimits = limits{maxBody: DefaultMaxBodySize, maxDepth: DefaultMaxDepth}
@@ -30,8 +33,8 @@ var defaultLimits = limits{maxBody: DefaultMaxBodySize, maxDepth: DefaultMaxDept
 // decodeBody unwraps a request body into the raw JSON of its "data" member.
 // gz reports whether the body was gzip-compressed (the reply is then
 // compressed too). Every failure wraps ErrBadRequest and names what was
-// wrong.
-func decodeBody(body []byte, contentEncoding string, lim limits) (data json.RawMessage, gz bool, err error) {
+// wrong, but for ctx ending while a gzip body waits for memory to inflate.
+func decodeBody(ctx context.Context, body []byte, contentEncoding string, lim limits) (data json.RawMessage, gz bool, err error) {
 	switch contentEncoding {
 	case "", "identity", "gzip":
 	default:
@@ -39,10 +42,12 @@ func decodeBody(body []byte, contentEncoding string, lim limits) (data json.RawM
 	}
 	if bytes.HasPrefix(body, gzipMagic) {
 		gz = true
-		body, err = gunzip(body, lim.maxBody)
+		var release func()
+		body, release, err = gunzip(ctx, body, lim)
 		if err != nil {
 			return nil, true, err
 		}
+		defer release()
 	} else if contentEncoding == "gzip" {
 		return nil, false, badRequest("content encoding is gzip but the body is not gzip data")
 	}
@@ -213,8 +218,39 @@ func checkDepth(b []byte, max int) error {
 
 var gzipReaders sync.Pool
 
-// gunzip decompresses b, failing when the result exceeds max bytes.
-func gunzip(b []byte, max int64) ([]byte, error) {
+// gunzip decompresses b. Its gzip trailer states the size it inflates to:
+// over lim.maxBody it is refused before anything is inflated; otherwise that
+// many bytes are reserved from lim.inflate (waiting while other bodies
+// inflate, until ctx ends) and b may not inflate past them. The returned
+// release gives the reservation back; call it once the inflated bytes are
+// no longer needed. (One gzip member is expected, as every gzip library
+// writes by default; a body of several members inflates past its trailer's
+// size and is refused.)
+func gunzip(ctx context.Context, b []byte, lim limits) (out []byte, release func(), err error) {
+	if len(b) < 18 { // 10-byte header, 8-byte trailer
+		return nil, nil, badRequest("body starts like gzip but is too short to be gzip data (%d bytes)", len(b))
+	}
+	size := int64(binary.LittleEndian.Uint32(b[len(b)-4:])) // ISIZE: the inflated size mod 2^32
+	if size > lim.maxBody {
+		return nil, nil, badRequest("gzip body inflates to %d bytes (its trailer says), over the limit of %d bytes", size, lim.maxBody)
+	}
+	release = func() {}
+	if lim.inflate != nil {
+		if _, err := lim.inflate.acquire(size, ctx.Done()); err != nil {
+			return nil, nil, fmt.Errorf("wait for memory to inflate a gzip body of %d bytes: %w", size, context.Cause(ctx))
+		}
+		release = func() { lim.inflate.release(size) }
+	}
+	out, err = inflate(b, size)
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return out, release, nil
+}
+
+// inflate decompresses b, which may inflate to at most size bytes.
+func inflate(b []byte, size int64) ([]byte, error) {
 	zr, _ := gzipReaders.Get().(*gzip.Reader)
 	var err error
 	if zr == nil {
@@ -226,13 +262,13 @@ func gunzip(b []byte, max int64) ([]byte, error) {
 		return nil, badRequest("body starts like gzip but is not gzip data: %v", err)
 	}
 	defer gzipReaders.Put(zr)
-	var out bytes.Buffer
-	n, err := io.Copy(&out, io.LimitReader(zr, max+1))
+	out := bytes.NewBuffer(make([]byte, 0, size))
+	n, err := io.Copy(out, io.LimitReader(zr, size+1))
 	if err != nil {
 		return nil, badRequest("gzip body is corrupt: %v", err)
 	}
-	if n > max {
-		return nil, badRequest("gzip body decompresses to more than the limit of %d bytes", max)
+	if n > size {
+		return nil, badRequest("gzip body inflates past the %d bytes its trailer states (several gzip members?): send one gzip member", size)
 	}
 	return out.Bytes(), nil
 }
@@ -279,6 +315,7 @@ func marshal(v any) ([]byte, error) {
 type wireError struct {
 	Type    string `json:"type"`
 	Message string `json:"message"`
+	ID      string `json:"id,omitempty"`
 	GoType  string `json:"go_type,omitempty"`
 	Trace   string `json:"trace,omitempty"`
 }
@@ -313,10 +350,12 @@ func encodeFailure(e wireError) []byte {
 // reply becomes a *RemoteError.
 func decodeReply(route string, body []byte, lim limits) (json.RawMessage, error) {
 	if bytes.HasPrefix(body, gzipMagic) {
-		var err error
-		if body, err = gunzip(body, lim.maxBody); err != nil {
+		inflated, release, err := gunzip(context.Background(), body, lim)
+		if err != nil {
 			return nil, fmt.Errorf("reply from route %q: %w", route, err)
 		}
+		defer release()
+		body = inflated
 	}
 	obj := bytes.TrimLeft(body, " \t\r\n")
 	if !json.Valid(obj) || len(obj) == 0 || obj[0] != '{' {
@@ -333,5 +372,5 @@ func decodeReply(route string, body []byte, lim limits) (json.RawMessage, error)
 	if e := member(obj, "error"); e == nil || json.Unmarshal(e, &we) != nil {
 		return nil, &RemoteError{Route: route, Type: TypeError, Message: "failure reply without a valid error member"}
 	}
-	return nil, &RemoteError{Route: route, Type: we.Type, Message: we.Message, GoType: we.GoType, Trace: we.Trace}
+	return nil, &RemoteError{Route: route, Type: we.Type, Message: we.Message, ID: we.ID, GoType: we.GoType, Trace: we.Trace}
 }

@@ -65,6 +65,7 @@ func printTable() {
 	tableMu.Lock()
 	defer tableMu.Unlock()
 	if len(table) == 0 {
+		printSecurityTable()
 		return
 	}
 	var sb strings.Builder
@@ -77,4 +78,21 @@ func printTable() {
 	}
 	_ = w.Flush()
 	fmt.Print("\nFault table:\n" + sb.String())
+	printSecurityTable()
+}
+
+func printSecurityTable() {
+	if len(securityTable) == 0 {
+		return
+	}
+	var sb strings.Builder
+	w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "| attack\t| reconnects\t| hello_world answered during it\t| dead letters\t| peak RSS MiB\t| note\t|")
+	fmt.Fprintln(w, "|---\t|---\t|---\t|---\t|---\t|---\t|")
+	for _, r := range securityTable {
+		fmt.Fprintf(w, "| %s\t| %d\t| %d/%d\t| %d\t| %d\t| %s\t|\n",
+			r.attack, r.reconnects, r.answered, r.probes, r.deadLetters, r.peakRSS, r.note)
+	}
+	_ = w.Flush()
+	fmt.Print("\nSecurity table:\n" + sb.String())
 }
