@@ -50,6 +50,9 @@ type callResult struct {
 // [WithMaxBodySize] (for replies).
 func NewClient(conn *Conn, opts ...Option) *Client {
 	o := newOptions(opts)
+	if !o.maxBodySet {
+		o.maxBody = conn.maxBody
+	}
 	return &Client{
 		conn:   conn,
 		opts:   o,

@@ -320,6 +320,12 @@ func (g *guard) header(channel uint16, frame, p []byte) ([]byte, error) {
 		}
 	}
 	oversize := g.maxBody > 0 && bodySize > g.maxBody
+	if oversize && c.deliver && g.budget != nil && g.budget.readsWhole(c.consumerTag) {
+		// Its queue has no dead-letter exchange: the worker must have the
+		// body to dead-letter it. It is read (alone, if the budget is
+		// smaller) and refused by the worker.
+		oversize = false
+	}
 	if oversize {
 		refusals = append(refusals, [2]string{HeaderBodyRefused,
 			fmt.Sprintf("body of %d bytes is over the limit of %d bytes; it was not read", bodySize, g.maxBody)})
@@ -613,6 +619,7 @@ type budget struct {
 
 	mu    sync.Mutex
 	holds map[holdKey]hold
+	whole map[string]bool // consumer tags whose oversize bodies are read all the same
 }
 
 type holdKey struct {
@@ -627,7 +634,26 @@ type hold struct {
 }
 
 func newBudget(limit int64) *budget {
-	return &budget{sem: newSem(limit), holds: map[holdKey]hold{}}
+	return &budget{sem: newSem(limit), holds: map[holdKey]hold{}, whole: map[string]bool{}}
+}
+
+// readWhole marks the deliveries of consumerTag to be read whole, however
+// large: their queue has no dead-letter exchange, so their consumer must
+// dead-letter them itself. (on false forgets the mark.)
+func (b *budget) readWhole(consumerTag string, on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if on {
+		b.whole[consumerTag] = true
+	} else {
+		delete(b.whole, consumerTag)
+	}
+}
+
+func (b *budget) readsWhole(consumerTag string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.whole[consumerTag]
 }
 
 // acquire holds n bytes for key, waiting while they do not fit, until stop

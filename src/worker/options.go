@@ -17,6 +17,7 @@ type options struct {
 	retry       Retry
 	drain       time.Duration
 	maxBody     int64
+	maxBodySet  bool // WithMaxBodySize was given: else workers and clients take their Conn's
 	maxDepth    int
 	maxInflight int64
 	maxInflate  int64
@@ -115,9 +116,14 @@ func WithRetry(r Retry) Option {
 // its context has no deadline (RPC, Queue). Default [DefaultDrainTimeout].
 func WithDrainTimeout(d time.Duration) Option { return func(o *options) { o.drain = d } }
 
-// WithMaxBodySize caps the size of a request body after gzip decompression
-// (RPC, Queue, Client replies). Default [DefaultMaxBodySize].
-func WithMaxBodySize(n int64) Option { return func(o *options) { o.maxBody = n } }
+// WithMaxBodySize caps the size of a message body. On [Dial] it bounds
+// what is read off the wire: a larger body is never read into memory (see
+// [HeaderBodyRefused]). On RPC, Queue and Client (replies) it bounds a body
+// after gzip decompression; they default to their Conn's limit. Default
+// [DefaultMaxBodySize].
+func WithMaxBodySize(n int64) Option {
+	return func(o *options) { o.maxBody, o.maxBodySet = n, true }
+}
 
 // WithMaxInflightBytes sets how many bytes of message bodies the workers of
 // a Conn may hold at once: received and not yet settled ([Dial]). Default

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -96,67 +97,189 @@ func (q queueSettings) routeQueue(k kind, route string) (durable bool, args amqp
 		}
 		return false, nil // as the seed declares them
 	}
-	// A queue route's messages that the broker dead-letters (past the
-	// delivery limit, or rejected by the worker because their body was too
-	// large to read) go to its dead-letter queue.
-	args = amqp.Table{
+	if q.typ == Classic {
+		// As the seed (and lib-python-amqp-worker) declares them: durable,
+		// no arguments, so a Python replica can share the route.
+		return true, nil
+	}
+	return true, amqp.Table{
+		"x-queue-type":     string(Quorum),
+		"x-delivery-limit": int32(q.deliveryLimit),
+		// What the broker dead-letters (past the delivery limit, or
+		// rejected by the worker because its body was too large to read)
+		// goes to the route's dead-letter queue, confirmed between the
+		// queues so that it is never lost on the way; that needs the
+		// source to refuse publishes rather than drop messages when full.
 		"x-dead-letter-exchange":    "",
 		"x-dead-letter-routing-key": route + DeadLetterSuffix,
+		"x-dead-letter-strategy":    "at-least-once",
+		"x-overflow":                "reject-publish",
 	}
-	if q.typ == Quorum {
-		args["x-queue-type"] = string(Quorum)
-		args["x-delivery-limit"] = int32(q.deliveryLimit)
-		// Dead-lettering by the broker is confirmed between the queues,
-		// so a dead letter is never lost on the way; it needs the source
-		// to refuse publishes rather than drop messages when full.
-		args["x-dead-letter-strategy"] = "at-least-once"
-		args["x-overflow"] = "reject-publish"
-	}
-	return true, args
 }
 
-// deadLetterArgs returns the arguments of a dead-letter queue.
+// deadLetterArgs returns the arguments of a dead-letter queue: bounded for
+// quorum routes; none for classic ones, as earlier versions declared them
+// (bound those with a policy: README, "Moving a route to quorum queues").
 func (q queueSettings) deadLetterArgs() amqp.Table {
-	args := amqp.Table{
+	if q.typ == Classic {
+		return nil
+	}
+	return amqp.Table{
+		"x-queue-type":       string(Quorum),
 		"x-max-length":       int32(q.deadLetterMax),
 		"x-max-length-bytes": q.deadLetterMaxBytes,
 		"x-overflow":         "reject-publish",
 	}
-	if q.typ == Quorum {
-		args["x-queue-type"] = string(Quorum)
-	}
-	return args
 }
 
-// inequivalent matches the broker's reason for refusing a redeclaration:
-// "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in
-// vhost '/': received the value 'quorum' of type 'longstr' but current is
-// none".
-var inequivalent = regexp.MustCompile(`inequivalent arg '([^']+)' for queue '[^']*' in vhost '[^']*': received (?:the value '([^']*)'|none)[^,]*(?:,)? but current is (?:the value '([^']*)'|none)`)
+// brokerDeadLetters reports whether the broker can dead-letter the route's
+// messages itself (its queue has a dead-letter exchange).
+func (q queueSettings) brokerDeadLetters(k kind) bool { return k == kindQueue && q.typ == Quorum }
+
+// inequivalent matches the broker's reason for refusing a redeclaration,
+// e.g. "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q'
+// in vhost '/': received the value 'quorum' of type 'longstr' but current
+// is none", or "... arg 'durable' ...: received 'true' but current is
+// 'false'".
+var inequivalent = regexp.MustCompile(`inequivalent arg '([^']+)' for queue '.*' in vhost '.*': received (.*) but current is (.*)$`)
+
+// valueOf reads one side of an inequivalence: none, 'v', or the value 'v'
+// of type 't'.
+var valueOf = regexp.MustCompile(`^(?:none|'([^']*)'|the value '([^']*)' of type '([^']*)')$`)
+
+// argDiff is one argument in which an existing queue differs from ours.
+type argDiff struct {
+	arg            string
+	want, current  string // "none" when unset
+	currentType    string // the broker's name of the current value's type
+	currentPresent bool
+}
+
+// parseInequivalent reads the broker's reason; ok is false when it is not
+// an inequivalence.
+func parseInequivalent(reason string) (d argDiff, ok bool) {
+	m := inequivalent.FindStringSubmatch(reason)
+	if m == nil {
+		return d, false
+	}
+	d.arg = m[1]
+	side := func(s string) (v, typ string, present bool) {
+		sm := valueOf.FindStringSubmatch(s)
+		switch {
+		case sm == nil:
+			return s, "", true
+		case sm[0] == "none":
+			return "none", "", false
+		case sm[2] != "" || sm[3] != "":
+			return sm[2], sm[3], true
+		default:
+			return sm[1], "", true
+		}
+	}
+	d.want, _, _ = side(m[2])
+	d.current, d.currentType, d.currentPresent = side(m[3])
+	return d, true
+}
+
+// mismatch finds how the existing queue differs from a declaration with
+// durable and args. The broker names one differing argument per refusal,
+// so it declares again on a fresh channel (open) with that argument set to
+// the queue's current value, until the declaration matches or a value
+// cannot be mirrored. Declaring a queue with its own settings changes
+// nothing.
+func mismatch(open func() (*amqp.Channel, error), queue string, durable bool, args amqp.Table, first argDiff) []argDiff {
+	probe := amqp.Table{}
+	for k, v := range args {
+		probe[k] = v
+	}
+	diffs := []argDiff{first}
+	d := first
+	for range 12 {
+		switch {
+		case d.arg == "durable":
+			durable = d.current == "true"
+		case !d.currentPresent:
+			delete(probe, d.arg)
+		case d.currentType == "longstr":
+			probe[d.arg] = d.current
+		case d.currentType == "signedint" || d.currentType == "long":
+			var n int64
+			if _, err := fmt.Sscan(d.current, &n); err != nil {
+				return diffs
+			}
+			probe[d.arg] = n
+		default:
+			return diffs // a value we cannot write back as it is
+		}
+		ch, err := open()
+		if err != nil {
+			return diffs
+		}
+		_, err = ch.QueueDeclare(queue, durable, false, false, false, probe)
+		_ = ch.Close()
+		var ae *amqp.Error
+		if err == nil || !errors.As(err, &ae) {
+			return diffs
+		}
+		next, ok := parseInequivalent(ae.Reason)
+		if !ok {
+			return diffs
+		}
+		d = next
+		diffs = append(diffs, d)
+	}
+	return diffs
+}
 
 // declareError explains a refused queue declaration. The common case is a
 // queue left by an earlier version or another service with other settings
 // (classic where this version wants quorum, say): starting again cannot
 // help, so the error says which queue, what differs and how to migrate.
-func declareError(queue string, want QueueType, err error) error {
+// open gives fresh channels to find every difference (see mismatch).
+func declareError(open func() (*amqp.Channel, error), queue string, durable bool, args amqp.Table, want QueueType, err error) error {
 	var ae *amqp.Error
 	if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
 		return fmt.Errorf("declare queue %q: %w", queue, err)
 	}
-	m := inequivalent.FindStringSubmatch(ae.Reason)
-	if m == nil {
+	first, ok := parseInequivalent(ae.Reason)
+	if !ok {
 		return fmt.Errorf("declare queue %q: it exists with other settings (%s); delete it or rename the route: %w", queue, ae.Reason, err)
 	}
-	arg, wanted, current := m[1], or(m[2], "none"), or(m[3], "none")
-	if arg == "x-queue-type" {
-		return fmt.Errorf("declare queue %q: it exists as a %s queue and this service declares it as a %s queue; "+
-			"see README, \"Moving a route to quorum queues\": stop the service, drain the queue, delete it and start again, "+
-			"or keep the old type with BROKER_QUEUE_TYPE=%s: %w",
-			queue, or(m[3], string(Classic)), want, or(m[3], string(Classic)), err)
+	diffs := mismatch(open, queue, durable, args, first)
+	var typeDiff *argDiff
+	var others []string
+	for i, d := range diffs {
+		if d.arg == "x-queue-type" {
+			typeDiff = &diffs[i]
+			continue
+		}
+		others = append(others, fmt.Sprintf("%s %s (this service: %s)", d.arg, quoted(d.current), quoted(d.want)))
 	}
-	return fmt.Errorf("declare queue %q: it exists with %s = %s and this service declares it with %s = %s; "+
-		"see README, \"Moving a route to quorum queues\" (delete the queue once it is drained, and start again): %w",
-		queue, arg, current, arg, wanted, err)
+	differs := strings.Join(others, ", ")
+	if typeDiff != nil {
+		current := typeDiff.current
+		if current == "none" {
+			current = string(Classic)
+		}
+		if differs != "" {
+			differs = "; it also differs in " + differs
+		}
+		return fmt.Errorf("declare queue %q: it exists as a %s queue and this service declares it as a %s queue%s. "+
+			"See README, \"Moving a route to quorum queues\": stop the service, drain the queue, delete it and start again; "+
+			"or keep its type with BROKER_QUEUE_TYPE=%s (queue routes) or BROKER_RPC_QUEUE_TYPE=%s (RPC routes): %w",
+			queue, current, want, differs, current, current, err)
+	}
+	return fmt.Errorf("declare queue %q: it exists with other settings: %s. "+
+		"See README, \"Moving a route to quorum queues\": stop the service, drain the queue, delete it and start again: %w",
+		queue, differs, err)
+}
+
+// quoted quotes a value from a broker's reason, "none" aside.
+func quoted(v string) string {
+	if v == "none" {
+		return v
+	}
+	return strconv.Quote(v)
 }
 
 func or(s, def string) string {

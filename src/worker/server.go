@@ -80,6 +80,9 @@ func newServer(conn *Conn, k kind, opts []Option) *server {
 	if o.replyTo == nil {
 		o.replyTo = ReplyQueue
 	}
+	if !o.maxBodySet {
+		o.maxBody = conn.maxBody
+	}
 	s := &server{
 		conn: conn, kind: k, opts: o,
 		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth, inflate: conn.inflate},
@@ -225,7 +228,7 @@ func (s *server) shutdown(ctx context.Context) error {
 	s.cancelBase()
 	// Closing is a round trip too: once ctx has ended the closes finish in
 	// the background (or when the connection closes).
-	within(ctx, consumers, func(c *consumer) { c.closeChannel() })
+	within(ctx, consumers, func(c *consumer) { c.settleAndClose() })
 	if s.dlq != nil {
 		within(ctx, []*publisher{s.dlq}, func(p *publisher) { p.close() })
 	}
@@ -280,18 +283,22 @@ func (c *consumer) setup(ctx context.Context) (<-chan amqp.Delivery, error) {
 	if err := ch.Qos(s.opts.prefetch, 0, false); err != nil {
 		return fail("set prefetch", err)
 	}
+	open := func() (*amqp.Channel, error) { return s.conn.channel(ctx) }
 	if s.kind == kindQueue {
 		// The dead-letter queue first: the route's queue names it.
-		dlq := c.route + DeadLetterSuffix
-		if _, err := ch.QueueDeclare(dlq, true, false, false, false, s.queues.deadLetterArgs()); err != nil {
-			return fail("", declareError(dlq, s.queues.typ, err))
+		dlq, args := c.route+DeadLetterSuffix, s.queues.deadLetterArgs()
+		if _, err := ch.QueueDeclare(dlq, true, false, false, false, args); err != nil {
+			return fail("", declareError(open, dlq, true, args, s.queues.typ, err))
 		}
 	}
 	durable, args := s.queues.routeQueue(s.kind, c.route)
 	if _, err := ch.QueueDeclare(c.route, durable, false, false, false, args); err != nil {
-		return fail("", declareError(c.route, s.queues.typ, err))
+		return fail("", declareError(open, c.route, durable, args, s.queues.typ, err))
 	}
 	tag := c.route + "." + randomHex(6)
+	if s.kind == kindQueue && !s.queues.brokerDeadLetters(s.kind) {
+		s.conn.budget.readWhole(tag, true)
+	}
 	deliveries, err := ch.Consume(c.route, tag, false, false, false, false, nil)
 	if err != nil {
 		return fail(fmt.Sprintf("consume queue %q", c.route), err)
@@ -386,10 +393,30 @@ func (c *consumer) cancel() {
 	}
 }
 
-func (c *consumer) closeChannel() {
+// settleAndClose closes the consumer's channel once the broker has applied
+// the acks sent on it. A quorum queue applies acks asynchronously: on
+// RabbitMQ 3.10 a channel closed right after its last acks returns most of
+// those messages to the queue as if never acked (measured: 167 of 200), so a
+// clean shutdown would redeliver work it finished. A basic.get on the same
+// channel reaches the queue after the acks, so its answer means they were
+// applied; a message it happens to take goes straight back.
+func (c *consumer) settleAndClose() {
 	c.mu.Lock()
 	ch := c.ch
 	c.mu.Unlock()
+	if ch != nil && c.s.queues.typ == Quorum && !ch.IsClosed() {
+		if d, ok, err := ch.Get(c.route, false); err == nil && ok {
+			_ = d.Nack(false, true)
+		}
+	}
+	c.closeChannel()
+}
+
+func (c *consumer) closeChannel() {
+	c.mu.Lock()
+	ch, tag := c.ch, c.tag
+	c.mu.Unlock()
+	c.s.conn.budget.readWhole(tag, false)
 	if ch != nil {
 		_ = ch.Close()
 	}
