@@ -11,6 +11,7 @@ package db
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -74,10 +75,9 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 			_ = sdb.Close()
 			return nil, &lineError{fmt.Sprintf("cannot connect to PostgreSQL at %s: %s", cfg, oneLine(err)), err}
 		}
-		if strings.Contains(err.Error(), "server refused TLS connection") {
+		if hint := tlsHint(err); hint != "" {
 			_ = sdb.Close()
-			return nil, &lineError{fmt.Sprintf("cannot connect to PostgreSQL at %s: the server does not offer TLS and sslmode %s requires it; "+
-				"give the server a certificate, or set DB_SSLMODE=disable where the network is trusted", cfg, or(cfg.SSLMode, "(from DB_URL)")), err}
+			return nil, &lineError{fmt.Sprintf("cannot connect to PostgreSQL at %s with sslmode %s: %s", cfg, or(cfg.SSLMode, "(from DB_URL)"), hint), err}
 		}
 		if ctx.Err() != nil {
 			_ = sdb.Close()
@@ -127,6 +127,24 @@ func pingOnce(ctx context.Context, sdb *sql.DB) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return sdb.PingContext(ctx)
+}
+
+// tlsHint explains a TLS failure that retrying cannot fix, "" for others.
+func tlsHint(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var host x509.HostnameError
+	switch {
+	case strings.Contains(err.Error(), "server refused TLS connection"):
+		return "the server does not offer TLS; give it a certificate, or set DB_SSLMODE=disable where the network is trusted"
+	case errors.As(err, &unknown):
+		return "its certificate is signed by an authority not trusted here (" + oneLine(err) + "); set DB_SSLROOTCERT to the CA's PEM file"
+	case errors.As(err, &host):
+		return "its certificate is not for this host name (" + oneLine(err) + "); connect by the name in the certificate, or use DB_SSLMODE=verify-ca"
+	case errors.As(err, &invalid):
+		return "its certificate is not valid (" + oneLine(err) + ")"
+	}
+	return ""
 }
 
 // permanent reports connection errors that retrying cannot fix.

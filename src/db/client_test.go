@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"regexp"
 	"runtime"
 	"slices"
@@ -394,5 +395,72 @@ func TestInTxRollsBackOnGoexit(t *testing.T) {
 	}
 	if n != 0 {
 		t.Errorf("the abandoned transaction's insert is visible: %d rows", n)
+	}
+}
+
+// DB_SSLMODE is honoured against the real server, and a TLS setting that
+// cannot work fails at once with what to change. (The local server's TLS
+// uses Debian's self-signed snakeoil certificate.)
+func TestTLSModes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL; skipped with -short")
+	}
+	testenv.RequirePostgres(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	plain, err := db.Open(ctx, db.Config{URL: testenv.PostgresURL("postgres")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ssl string
+	_ = plain.Get(ctx, &ssl, "SHOW ssl")
+	var certFile string
+	_ = plain.Get(ctx, &certFile, "SHOW ssl_cert_file")
+	_ = plain.Close()
+	if ssl != "on" {
+		t.Skip("the server has no TLS (ssl = " + ssl + ")")
+	}
+	cfg := func(mode, root string) db.Config {
+		port, _ := strconv.Atoi(testenv.Env("DB_PORT", "5432"))
+		return db.Config{
+			Host: testenv.Env("DB_HOST", "127.0.0.1"), Port: port,
+			User: testenv.Env("DB_USER", "postgres"), Password: testenv.Env("DB_PASS", "postgres"),
+			SSLMode: mode, SSLRootCert: root,
+		}
+	}
+	encrypted := func(c *db.Client) bool {
+		var on bool
+		if err := c.Get(ctx, &on, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"); err != nil {
+			t.Fatal(err)
+		}
+		return on
+	}
+	for mode, want := range map[string]bool{"disable": false, "require": true} {
+		c, err := db.Open(ctx, cfg(mode, ""))
+		if err != nil {
+			t.Fatalf("sslmode %s: %v", mode, err)
+		}
+		if got := encrypted(c); got != want {
+			t.Errorf("sslmode %s: encrypted %v, want %v", mode, got, want)
+		}
+		_ = c.Close()
+	}
+	// verify-full to a certificate that cannot verify (self-signed, not for
+	// 127.0.0.1): refused at once, saying what to change.
+	start := time.Now()
+	_, err = db.Open(ctx, cfg("verify-full", ""))
+	if err == nil || !regexp.MustCompile(`DB_SSLROOTCERT|DB_SSLMODE=verify-ca`).MatchString(err.Error()) || time.Since(start) > 5*time.Second {
+		t.Errorf("verify-full with a certificate that does not verify: %v after %s, want a quick error saying what to set", err, time.Since(start))
+	}
+	// verify-ca with the certificate as its own CA: connected, encrypted.
+	if _, err := os.Stat(certFile); err == nil {
+		c, err := db.Open(ctx, cfg("verify-ca", certFile))
+		if err != nil {
+			t.Fatalf("verify-ca with DB_SSLROOTCERT=%s: %v", certFile, err)
+		}
+		if !encrypted(c) {
+			t.Error("verify-ca connection is not encrypted")
+		}
+		_ = c.Close()
 	}
 }

@@ -304,18 +304,35 @@ func benchPublish(b *testing.B, inflight int) {
 	report(b, rawRate, libRate, 0, 0)
 }
 
-// BenchmarkConsume: b.N messages waiting in a durable queue, consumed and
-// acked. Raw: one consumer acking one by one, same prefetch. Worker: a Queue worker
+// BenchmarkConsume: b.N messages waiting in a durable queue of each type,
+// consumed and acked. Raw: one consumer acking one by one, same prefetch,
+// on a queue declared as the worker declares it. Worker: a Queue worker
 // with its default prefetch and a typed handler.
 func BenchmarkConsume(b *testing.B) {
+	for _, typ := range []worker.QueueType{worker.Quorum, worker.Classic} {
+		b.Run("queue="+string(typ), func(b *testing.B) { benchConsume(b, typ) })
+	}
+}
+
+func benchConsume(b *testing.B, typ worker.QueueType) {
 	requireBroker(b)
 	rawQ, libQ := route(b, "bench-craw"), route(b, "bench-con")
 	ch := raw(b)
 	body := []byte(`{"data":` + string(benchPayload) + `}`)
+	// Both queues are declared by a worker of the type: the same arguments.
+	declare := worker.NewQueue(dial(b, ""), worker.WithQueueType(typ))
+	for _, q := range []string{rawQ, libQ} {
+		declare.Handle(q, worker.Job(func(context.Context, any) error { return nil }))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := declare.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := declare.Shutdown(ctx); err != nil {
+		b.Fatal(err)
+	}
 	fill := func(q string) {
-		if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-			b.Fatal(err)
-		}
 		for range b.N {
 			if err := ch.PublishWithContext(context.Background(), "", q, false, false, amqp.Publishing{
 				ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body,
@@ -354,7 +371,7 @@ func BenchmarkConsume(b *testing.B) {
 
 	var n atomic.Int64
 	done := make(chan struct{})
-	q := worker.NewQueue(dial(b, ""))
+	q := worker.NewQueue(dial(b, ""), worker.WithQueueType(typ))
 	q.Handle(libQ, worker.Job(func(_ context.Context, m struct {
 		N int    `json:"n"`
 		S string `json:"s"`

@@ -10,10 +10,12 @@
 // the same JSON gzip-compressed (recognised by its magic bytes, whatever the
 // content type; the seed's clients send application/octet-stream), which is
 // then answered gzip-compressed. A reply goes to the request's reply_to with
-// its correlation_id: {"success": true, "data": ...} or {"success": false,
-// "error": {"type": "...", "message": "..."}}; with [WithDevelopment] the
-// error also carries "go_type" and "trace". RPC route queues are not durable
-// (as in the seed); queue routes are durable and their messages persistent.
+// its correlation_id and AMQP type "result" or "error": {"success": true,
+// "data": ...} or {"success": false, "error": {"type": "...", "message":
+// "...", "id": "..."}}; with [WithDevelopment] the error also carries
+// "go_type" and "trace". RPC route queues are classic and not durable (as
+// in the seed); queue routes are durable quorum queues ([QueueType]) and
+// their messages persistent.
 //
 // # Routes
 //
@@ -42,6 +44,23 @@
 //     are handled at once; replicas of a service share each route's queue.
 //   - Bad input never crashes a worker: RPC answers BadRequest, a queue
 //     message goes to "<route>.dlq". Handler panics are recovered.
+//   - No single message can stop a connection: a [Conn] reads the broker's
+//     frames through a guard that hands amqp091-go nothing it cannot parse
+//     (headers nested too deep are replaced, [HeaderHeadersRefused]) and
+//     never reads a body over the limit ([HeaderBodyRefused]). Dead letters
+//     carry at most 16 KiB of the original headers and truncated error
+//     texts, so they always fit a frame. A message that keeps coming back
+//     (its consumer crashes on it) is dead-lettered by the broker after the
+//     quorum queue's delivery limit ([WithDeliveryLimit]).
+//   - Memory is bounded in bytes: the bodies a Conn's workers hold are at
+//     most [WithMaxInflightBytes] (a delivery waits on the socket until it
+//     fits), gzip bodies inflating at once at most [WithMaxInflateBytes].
+//   - A reply is never run as a request or a job: RPC workers answer only
+//     to reply queues ([ReplyQueue], [WithReplyTo]) and no worker runs a
+//     delivery of AMQP type result or error.
+//   - In production (not [WithDevelopment]) an error without a type of its
+//     own, or a panic, is answered "internal error (error id ...)"; its text
+//     is logged under that id, never sent.
 //   - Queue handler failures are retried with backoff ([WithRetry]), then
 //     dead-lettered with the error in headers, publisher-confirmed, then
 //     acked: nothing is dropped, nothing loops forever.
@@ -59,19 +78,20 @@
 //
 // # Best practices
 //
-//   - One [Conn] per process, shared by all workers and clients. Under a
-//     memory or disk alarm the broker blocks every connection that
-//     publishes, including the workers' replies and acks on it; a process
-//     that publishes heavily with [Client] may want a second Conn for it,
-//     so its queue workers keep consuming and acking (which relieves the
-//     broker) while its publishers are held back.
+//   - One [Conn] per process, shared by all workers and clients: it holds
+//     two connections, one where the workers consume (and RPC workers
+//     reply) and one where clients and dead letters publish, so a broker
+//     blocking publishers (memory or disk alarm) does not stop queue
+//     workers from acking, which relieves it.
 //   - Call Start on each worker, and Shutdown in reverse order before
 //     Conn.Close.
 //   - Give every Call a ctx with a deadline.
 //   - Queue handlers run at least once: make them idempotent (a message can
 //     be redelivered after a crash or a reconnect).
-//   - Nothing is logged per message above debug level; dead letters log at
-//     warn, panics at error.
+//   - Successes are not logged above debug level; every failure is logged
+//     once at warn (panics at error, with the stack) with the route, error
+//     type and error id, sampled in production so a flood of bad messages
+//     is not a flood of log lines.
 //
 // Benchmarks next to raw amqp091-go baselines are in README.md.
 package worker

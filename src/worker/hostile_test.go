@@ -2,13 +2,13 @@ package worker_test
 
 import (
 	"context"
-	"fmt"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -432,4 +432,3 @@ func tlsFront(t *testing.T, cert tls.Certificate, target string) string {
 	})
 	return ln.Addr().String()
 }
-

@@ -316,9 +316,38 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatalf("bad port: %v", err)
 	}
 	t.Setenv("BROKER_PORT", "")
-	t.Setenv("BROKER_URL", "http://u:topsecret@h/")
-	if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "BROKER_URL") || strings.Contains(err.Error(), "topsecret") {
-		t.Fatalf("bad URL: %v", err)
+	for _, u := range []string{"http://u:topsecret@h/", "amqp://u:topsecret%zz@h/", "amqp://u:topsecret@h:99999/", "amqp://u:topsecret@[::1/"} {
+		t.Setenv("BROKER_URL", u)
+		if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "BROKER_URL") || strings.Contains(err.Error(), "topsecret") {
+			t.Errorf("bad URL %s: %v", strings.ReplaceAll(u, "topsecret", "..."), err)
+		}
+	}
+}
+
+func TestTLSFromEnv(t *testing.T) {
+	for _, k := range []string{"BROKER_HOST", "BROKER_PORT", "BROKER_URL", "BROKER_TLS", "BROKER_TLS_CA", "BROKER_TLS_CERT", "BROKER_TLS_KEY", "BROKER_TLS_SERVER_NAME"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("BROKER_TLS", "true")
+	t.Setenv("BROKER_TLS_SERVER_NAME", "rabbit.internal")
+	cfg, err := worker.ConfigFromEnv()
+	if err != nil || cfg.TLS == nil || cfg.TLS.ServerName != "rabbit.internal" || cfg.Port != 5671 {
+		t.Fatalf("BROKER_TLS=true: %+v, %v; want TLS on port 5671", cfg, err)
+	}
+	t.Setenv("BROKER_TLS", "")
+	t.Setenv("BROKER_TLS_CA", "/does/not/exist.pem")
+	if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), `BROKER_TLS_CA="/does/not/exist.pem"`) {
+		t.Errorf("missing CA file: %v", err)
+	}
+	t.Setenv("BROKER_TLS_CA", "")
+	t.Setenv("BROKER_TLS_CERT", "/c.pem")
+	if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "go together") {
+		t.Errorf("a certificate without its key: %v", err)
+	}
+	t.Setenv("BROKER_TLS_CERT", "")
+	t.Setenv("BROKER_TLS", "maybe")
+	if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), `BROKER_TLS="maybe"`) {
+		t.Errorf("BROKER_TLS=maybe: %v", err)
 	}
 }
 
