@@ -5,9 +5,10 @@
 // Add a route by registering a handler on a worker below and putting its
 // logic in lib.go; add a table as a .go + .sql pair in models/.
 //
-// Usage:
+// Usage (commands.go has the others):
 //
 //	service              run until SIGINT or SIGTERM
+//	service routes       list the routes (also: asyncapi, call, publish)
 //	service healthcheck  exit 0 when RabbitMQ and PostgreSQL answer (for container health checks)
 package main
 
@@ -157,12 +158,32 @@ func fail(code int, prefix string, err error) {
 }
 
 func main() {
+	cmd, args := "", []string(nil)
+	if len(os.Args) > 1 {
+		cmd, args = os.Args[1], os.Args[2:]
+	}
+	switch cmd { // the commands that need no configuration
+	case "routes":
+		os.Exit(printRoutes(args, os.Stdout))
+	case "asyncapi":
+		os.Exit(printAsyncAPI(os.Stdout))
+	case "help", "-h", "--help":
+		fmt.Println(usage)
+		return
+	}
 	cfg, err := loadConfig()
 	if err != nil {
 		fail(2, "invalid configuration: ", err)
 	}
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+	switch cmd {
+	case "":
+	case "healthcheck":
 		os.Exit(healthcheck(cfg))
+	case "call", "publish":
+		os.Exit(callOrPublish(cfg, cmd, args, os.Stdin, os.Stdout))
+	default:
+		fmt.Fprintf(os.Stderr, "service: unknown command %q\n%s\n", cmd, usage)
+		os.Exit(2)
 	}
 	log := newLogger(cfg)
 	slog.SetDefault(log)
@@ -197,12 +218,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer broker.Close()
 
 	//
-	// MODELS: a model is a table's row type plus its queries; the built-in
-	// CRUD (Create, Read, Update, Delete, List) comes with db.Model.
-	//
-	items := models.NewExampleItems(database)
-
-	//
 	// WORKERS: an RPC worker answers requests; a queue worker consumes
 	// fire-and-forget messages (retried, then dead-lettered to <route>.dlq).
 	//
@@ -211,59 +226,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	queue := worker.NewQueue(broker, append(opts, worker.WithQueueType(cfg.QueueType))...)
 
 	//
-	// ROUTES: the route name is the queue name. worker.Func adapts a typed
-	// function func(ctx, Req) (Resp, error); worker.Job a func(ctx, Msg) error.
+	// MODELS and ROUTES: a model is a table's row type plus its queries (the
+	// built-in CRUD comes with db.Model); the routes, below, use them.
 	//
-	rpc.Handle("hello_world", worker.Func(helloWorld))
-	rpc.Handle("test", worker.Func(tookForever))
-	rpc.Handle("will-error", worker.Func(willError))
-	rpc.Handle("dictionary", worker.Func(addBar))
-	rpc.Handle("db", worker.Func(func(ctx context.Context, _ any) ([]string, error) {
-		return database.Tables(ctx)
-	}))
-	rpc.Handle("example-items", worker.Func(func(ctx context.Context, s *string) ([]models.ExampleItem, error) {
-		match, err := wantString(s)
-		if err != nil {
-			return nil, err
-		}
-		return items.AllByString(ctx, match)
-	}))
-	rpc.Handle("example-item.create", worker.Func(func(ctx context.Context, in newItem) (models.ExampleItem, error) {
-		item, err := in.toItem()
-		if err != nil {
-			return item, err
-		}
-		return items.Create(ctx, item)
-	}))
-	rpc.Handle("example-item.read", worker.Func(func(ctx context.Context, id uuid.UUID) (models.ExampleItem, error) {
-		return items.Read(ctx, id)
-	}))
-	rpc.Handle("example-item.update", worker.Func(func(ctx context.Context, in itemChanges) (models.ExampleItem, error) {
-		if err := in.check(); err != nil {
-			return models.ExampleItem{}, err
-		}
-		changes, err := items.Changes(in.Changes) // JSON values -> the columns' Go types
-		if err != nil {
-			return models.ExampleItem{}, err
-		}
-		return items.Update(ctx, in.ID, changes)
-	}))
-	rpc.Handle("example-item.delete", worker.Func(func(ctx context.Context, id uuid.UUID) (models.ExampleItem, error) {
-		return items.Delete(ctx, id)
-	}))
-
-	queue.Handle("queue-test", worker.Job(func(ctx context.Context, data json.RawMessage) error {
-		log.InfoContext(ctx, "queue-test received a message", "bytes", len(data), "data", preview(data, 200))
-		return nil
-	}))
-	queue.Handle("example-item.store", worker.Job(func(ctx context.Context, in newItem) error {
-		item, err := in.toItem()
-		if err != nil {
-			return err
-		}
-		_, err = items.Create(ctx, item)
-		return err
-	}))
+	routes(rpc, queue, &service{database: database, items: models.NewExampleItems(database), log: log})
 
 	//
 	// RUN: start the workers, serve until SIGINT or SIGTERM, then stop taking
@@ -271,6 +237,71 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	//
 	r := &runner.Runner{Logger: log, DrainTimeout: cfg.DrainTimeout}
 	return r.Run(ctx, runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
+}
+
+// service is what the routes need: the database, its models, the logger.
+type service struct {
+	database *db.Client
+	items    *models.ExampleItems
+	log      *slog.Logger
+}
+
+// routes registers every route of the service. The route name is the queue
+// name. worker.Func adapts a typed function func(ctx, Req) (Resp, error);
+// worker.Job a func(ctx, Msg) error. The same function fills the running
+// workers and, for `service routes` and `service asyncapi`, a catalog that
+// needs no connection (s is then empty: nothing below runs).
+func routes(rpc, queue worker.Router, s *service) {
+	rpc.Handle("hello_world", worker.Func(helloWorld))
+	rpc.Handle("test", worker.Func(tookForever))
+	rpc.Handle("will-error", worker.Func(willError))
+	rpc.Handle("dictionary", worker.Func(addBar))
+	rpc.Handle("db", worker.Func(func(ctx context.Context, _ any) ([]string, error) {
+		return s.database.Tables(ctx)
+	}))
+	rpc.Handle("example-items", worker.Func(func(ctx context.Context, match *string) ([]models.ExampleItem, error) {
+		m, err := wantString(match)
+		if err != nil {
+			return nil, err
+		}
+		return s.items.AllByString(ctx, m)
+	}))
+	rpc.Handle("example-item.create", worker.Func(func(ctx context.Context, in newItem) (models.ExampleItem, error) {
+		item, err := in.toItem()
+		if err != nil {
+			return item, err
+		}
+		return s.items.Create(ctx, item)
+	}))
+	rpc.Handle("example-item.read", worker.Func(func(ctx context.Context, id uuid.UUID) (models.ExampleItem, error) {
+		return s.items.Read(ctx, id)
+	}))
+	rpc.Handle("example-item.update", worker.Func(func(ctx context.Context, in itemChanges) (models.ExampleItem, error) {
+		if err := in.check(); err != nil {
+			return models.ExampleItem{}, err
+		}
+		changes, err := s.items.Changes(in.Changes) // JSON values -> the columns' Go types
+		if err != nil {
+			return models.ExampleItem{}, err
+		}
+		return s.items.Update(ctx, in.ID, changes)
+	}))
+	rpc.Handle("example-item.delete", worker.Func(func(ctx context.Context, id uuid.UUID) (models.ExampleItem, error) {
+		return s.items.Delete(ctx, id)
+	}))
+
+	queue.Handle("queue-test", worker.Job(func(ctx context.Context, data json.RawMessage) error {
+		s.log.InfoContext(ctx, "queue-test received a message", "bytes", len(data), "data", preview(data, 200))
+		return nil
+	}))
+	queue.Handle("example-item.store", worker.Job(func(ctx context.Context, in newItem) error {
+		item, err := in.toItem()
+		if err != nil {
+			return err
+		}
+		_, err = s.items.Create(ctx, item)
+		return err
+	}))
 }
 
 // healthcheck answers whether RabbitMQ and PostgreSQL can be reached, for a

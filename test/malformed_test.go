@@ -9,15 +9,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"example.com/service/src/testenv"
+	"example.com/service/src/worker"
 	"example.com/service/test/stack"
-)
-
-var (
-	rpcRoutes = []string{
-		"hello_world", "test", "will-error", "dictionary", "db", "example-items",
-		"example-item.create", "example-item.read", "example-item.update", "example-item.delete",
-	}
-	queueRoutes = []string{"queue-test", "example-item.store"}
 )
 
 // malformed returns messages that no route can accept, each carrying marker
@@ -37,19 +30,18 @@ func malformed(marker string) map[string]amqp.Publishing {
 	}
 }
 
-// wrongShape holds, per route, data of a type the route does not take.
-var wrongShape = map[string]string{
-	"test":                `{"data": 5}`,
-	"dictionary":          `{"data": [1, 2]}`,
-	"example-items":       `{"data": {"string": 1}}`,
-	"example-item.create": `{"data": "just a string"}`,
-	"example-item.read":   `{"data": 42}`,
-	"example-item.update": `{"data": {"id": 3, "changes": []}}`,
-	"example-item.delete": `{"data": "not-a-uuid"}`,
-	"example-item.store":  `{"data": {"string": 5}}`,
-}
-
+// testMalformed sends every route of the service (from `service routes`)
+// messages no route can accept, and data of a type its request type does not
+// take.
 func testMalformed(t *testing.T, env stack.Env) {
+	routes := bins.Routes(t)
+	rpcRoutes, queueRoutes := stack.Names(routes, worker.KindRPC), stack.Names(routes, worker.KindQueue)
+	wrongShape := map[string]string{}
+	for _, r := range routes {
+		if body := stack.WrongShape(r); body != "" {
+			wrongShape[r.Name] = `{"data": ` + body + `}`
+		}
+	}
 	seed := stack.NewSeedClient(t, env)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -72,15 +73,16 @@ func TestService(t *testing.T) {
 	env := stack.NewEnv(t, bins)
 	p := stack.Start(t, bins, env)
 
+	admin := env.DB(t)
 	for name, call := range callers(t, env) {
-		t.Run(name, func(t *testing.T) { testRoutes(t, call) })
+		t.Run(name, func(t *testing.T) { testRoutes(t, call, admin) })
 	}
 	t.Run("queue routes", func(t *testing.T) { testQueueRoutes(t, env, p) })
 	t.Run("20 concurrent one-second calls", func(t *testing.T) { testConcurrency(t, env) })
 	t.Run("malformed messages", func(t *testing.T) { testMalformed(t, env) })
 }
 
-func testRoutes(t *testing.T, call caller) {
+func testRoutes(t *testing.T, call caller, admin *sql.DB) {
 	t.Run("hello_world", func(t *testing.T) {
 		for _, data := range []any{nil, "anything", map[string]any{"x": 1}} {
 			wantData(t, call(t, "hello_world", data), `"Hello world!"`)
@@ -100,7 +102,20 @@ func testRoutes(t *testing.T, call caller) {
 		wantError(t, call(t, "dictionary", "not an object"), "BadRequest")
 	})
 	t.Run("db", func(t *testing.T) {
-		wantData(t, call(t, "db", nil), `["example_item","simple"]`)
+		// The tables the .sql files made, as PostgreSQL lists them.
+		var tables []string
+		rows, err := admin.QueryContext(context.Background(), `SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var name string
+			_ = rows.Scan(&name)
+			tables = append(tables, name)
+		}
+		_ = rows.Close()
+		want, _ := json.Marshal(tables)
+		wantData(t, call(t, "db", nil), string(want))
 	})
 	t.Run("example items", func(t *testing.T) {
 		s := testenv.Name("e2e item ")

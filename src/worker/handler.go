@@ -1,10 +1,14 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -38,62 +42,122 @@ type HandlerFunc func(ctx context.Context, req *Request) ([]byte, error)
 func (f HandlerFunc) Serve(ctx context.Context, req *Request) ([]byte, error) { return f(ctx, req) }
 
 // Func adapts a typed RPC function to a [Handler]: the request data is
-// decoded into Req (a mismatch is a BadRequest failure naming the field)
-// and the result is encoded as the reply data.
-func Func[Req, Resp any](f func(ctx context.Context, req Req) (Resp, error)) Handler {
-	return encodedHandler(func(ctx context.Context, r *Request) ([]byte, error) {
-		var req Req
-		if err := decodeData(r.Data, &req); err != nil {
-			return nil, err
-		}
-		resp, err := f(ctx, req)
-		if err != nil {
-			return nil, err
-		}
-		out, err := marshal(resp)
-		if err != nil {
-			return nil, fmt.Errorf("encode result of route %q (%T) as JSON: %w", r.Route, resp, err)
-		}
-		return out, nil
-	})
+// decoded into Req and the result is encoded as the reply data. Data that
+// does not fit Req is a BadRequest naming the field: a value of the wrong
+// type, and a field Req does not have (a misspelled one would otherwise be
+// dropped without a word; [AllowUnknownFields] accepts them).
+func Func[Req, Resp any](f func(ctx context.Context, req Req) (Resp, error), opts ...DecodeOption) Handler {
+	o := decodeOpts(opts)
+	return &typed{
+		req: reflect.TypeFor[Req](), resp: reflect.TypeFor[Resp](),
+		serve: func(ctx context.Context, r *Request) ([]byte, error) {
+			var req Req
+			if err := decodeData(r.Data, &req, o); err != nil {
+				return nil, err
+			}
+			resp, err := f(ctx, req)
+			if err != nil {
+				return nil, err
+			}
+			out, err := marshal(resp)
+			if err != nil {
+				return nil, fmt.Errorf("encode result of route %q (%T) as JSON: %w", r.Route, resp, err)
+			}
+			return out, nil
+		},
+	}
 }
 
 // Job adapts a typed queue function to a [Handler]: the message data is
-// decoded into Msg (a mismatch is a BadRequest failure, dead-lettered at
-// once).
-func Job[Msg any](f func(ctx context.Context, msg Msg) error) Handler {
-	return encodedHandler(func(ctx context.Context, r *Request) ([]byte, error) {
-		var msg Msg
-		if err := decodeData(r.Data, &msg); err != nil {
-			return nil, err
-		}
-		return nil, f(ctx, msg)
-	})
+// decoded into Msg as [Func] decodes requests; data that does not fit is a
+// BadRequest failure, dead-lettered at once.
+func Job[Msg any](f func(ctx context.Context, msg Msg) error, opts ...DecodeOption) Handler {
+	o := decodeOpts(opts)
+	return &typed{
+		req: reflect.TypeFor[Msg](),
+		serve: func(ctx context.Context, r *Request) ([]byte, error) {
+			var msg Msg
+			if err := decodeData(r.Data, &msg, o); err != nil {
+				return nil, err
+			}
+			return nil, f(ctx, msg)
+		},
+	}
+}
+
+// DecodeOption changes how [Func] and [Job] decode data.
+type DecodeOption func(*decodeOptions)
+
+type decodeOptions struct {
+	allowUnknown bool
+}
+
+// AllowUnknownFields makes a route accept fields its type does not have
+// (they are ignored), for callers that send more than the route reads.
+func AllowUnknownFields() DecodeOption { return func(o *decodeOptions) { o.allowUnknown = true } }
+
+func decodeOpts(opts []DecodeOption) decodeOptions {
+	var o decodeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
 }
 
 // decodeData decodes request data into v, describing a mismatch in terms
 // the caller can act on.
-func decodeData(data json.RawMessage, v any) error {
+func decodeData(data json.RawMessage, v any, o decodeOptions) error {
 	if raw, ok := v.(*json.RawMessage); ok { // already validated
 		*raw = data
 		return nil
 	}
-	if err := json.Unmarshal(data, v); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if !o.allowUnknown {
+		dec.DisallowUnknownFields()
+	}
+	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			where := "data"
 			if te.Field != "" {
 				where = "data." + te.Field
 			}
-			return badRequest("%s is a JSON %s, want %s", where, te.Value, te.Type)
+			return badRequest("%s is a JSON %s, want %s", where, truncate(te.Value, 100), te.Type)
 		}
-		return badRequest("data does not decode into %T: %v", v, err)
+		if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			known := fieldNames(reflect.TypeOf(v).Elem())
+			return badRequest("data has an unknown field %s; the fields are %s", truncate(field, 100), known)
+		}
+		return badRequest("data does not decode into %s: %v", reflect.TypeOf(v).Elem(), err)
 	}
 	return nil
 }
 
-// encodedHandler is a handler whose output marshal produced, so it
-// needs no validation.
-type encodedHandler func(ctx context.Context, req *Request) ([]byte, error)
+// fieldNames lists the JSON names of the fields of struct type t (through
+// pointers), for error messages.
+func fieldNames(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return "(none: not an object)"
+	}
+	var names []string
+	for _, f := range jsonFields(t) {
+		names = append(names, strconv.Quote(f.name))
+	}
+	if len(names) == 0 {
+		return "(none)"
+	}
+	return strings.Join(names, ", ")
+}
 
-func (f encodedHandler) Serve(ctx context.Context, req *Request) ([]byte, error) { return f(ctx, req) }
+// typed is the handler of [Func] and [Job]: it knows its request and
+// response types (for the [Catalog]) and its output is JSON marshal made,
+// so it needs no validation.
+type typed struct {
+	req, resp reflect.Type // resp is nil for a Job
+	serve     func(ctx context.Context, req *Request) ([]byte, error)
+}
+
+func (h *typed) Serve(ctx context.Context, req *Request) ([]byte, error) { return h.serve(ctx, req) }

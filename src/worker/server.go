@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,12 +98,7 @@ func newServer(conn *Conn, k kind, opts []Option) *server {
 }
 
 func (s *server) handle(route string, h Handler) {
-	if route == "" || h == nil {
-		panic(fmt.Sprintf("worker: Handle(%q, %v): empty route or nil handler", route, h))
-	}
-	if strings.HasPrefix(route, "amq.") {
-		panic(fmt.Sprintf("worker: Handle(%q): names starting with amq. are reserved by RabbitMQ", route))
-	}
+	checkRoute(route, h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started {
@@ -531,7 +525,7 @@ func (c *consumer) call(ctx context.Context, req *Request) (out []byte, err erro
 		}
 	}()
 	out, err = c.h.Serve(ctx, req)
-	if _, trusted := c.h.(encodedHandler); !trusted && err == nil && len(out) > 0 && c.s.kind == kindRPC && !json.Valid(out) {
+	if _, trusted := c.h.(*typed); !trusted && err == nil && len(out) > 0 && c.s.kind == kindRPC && !json.Valid(out) {
 		err = fmt.Errorf("handler of route %q returned invalid JSON (%d bytes)", c.route, len(out))
 	}
 	return out, err

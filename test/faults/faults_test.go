@@ -62,7 +62,7 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 	env := stack.NewEnv(t, bins)
 	stack.Start(t, bins, env)
 	client := env.Client(t)
-	db := database(t, env)
+	db := env.DB(t)
 	tag := testenv.Name("broker-restart-")
 
 	const n = 20000
@@ -141,7 +141,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 	wg.Wait()
 
 	sent := int(published.Load())
-	rows, distinct := waitStored(t, database(t, env), tag+"-q-", sent, 30*time.Second)
+	rows, distinct := waitStored(t, env.DB(t), tag+"-q-", sent, 30*time.Second)
 	dead := drainDeadLetters(t, env.Channel(t), "example-item.store")
 	lost := sent - distinct - len(dead)
 	record(t, row{
@@ -209,7 +209,7 @@ func TestSIGTERMWithCallsInFlight(t *testing.T) {
 		t.Fatalf("exit code %d (%v) after SIGTERM, want 0", code, err)
 	}
 	t.Logf("exited 0 %s after SIGTERM", time.Since(stoppedAt).Round(time.Millisecond))
-	db := database(t, env)
+	db := env.DB(t)
 	_, storedByFirst := storedCounts(t, db, tag)
 	waiting := queueDepth(t, env.Channel(t), "example-item.store")
 
@@ -257,7 +257,7 @@ func TestTwoReplicasSplitTheLoad(t *testing.T) {
 	}
 	wg.Wait()
 	confirmed := publishTagged(t, client, tag+"-q", 1000, 8, 0, nil)
-	rows, distinct := waitStored(t, database(t, env), tag+"-q", confirmed, 30*time.Second)
+	rows, distinct := waitStored(t, env.DB(t), tag+"-q", confirmed, 30*time.Second)
 
 	// In development mode each failed request is logged once, at debug
 	// level, by the replica that handled it.
@@ -306,10 +306,8 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 		{"invalid UTF-8", amqp.Publishing{ContentType: "application/json", Body: []byte("{\"data\": \"\xc3\x28\"}")}, false},
 		{"unknown content encoding", amqp.Publishing{ContentType: "application/json", ContentEncoding: "zstd", Body: []byte(`{"data": 1}`)}, false},
 	}
-	rpcRoutes := []string{
-		"hello_world", "test", "will-error", "dictionary", "db", "example-items",
-		"example-item.create", "example-item.read", "example-item.update", "example-item.delete",
-	}
+	routes := bins.Routes(t) // every route of the service, as it lists them
+	rpcRoutes, queueRoutes := stack.Names(routes, worker.KindRPC), stack.Names(routes, worker.KindQueue)
 	ch := env.Channel(t)
 	before := rss(t, p.PID())
 	answered := 0
@@ -335,10 +333,14 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 		}
 	}
 	sentToQueues, dead := 0, 0
-	for _, route := range []string{"queue-test", "example-item.store"} {
+	takesAny := map[string]bool{}
+	for _, r := range routes {
+		takesAny[r.Name] = stack.WrongShape(r) == ""
+	}
+	for _, route := range queueRoutes {
 		for _, in := range inputs {
-			if in.valid && route == "queue-test" {
-				continue // queue-test takes any data and logs it: valid input is not refused
+			if in.valid && takesAny[route] {
+				continue // a route that takes any data (queue-test logs it) does not refuse valid JSON
 			}
 			if err := seed.Publish(ctx, route, in.msg); err != nil {
 				t.Fatalf("%s, %s: %v", route, in.name, err)
@@ -348,7 +350,7 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 	}
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && dead < sentToQueues; time.Sleep(200 * time.Millisecond) {
 		dead = 0
-		for _, route := range []string{"queue-test", "example-item.store"} {
+		for _, route := range queueRoutes {
 			dead += queueDepth(t, ch, route+".dlq")
 		}
 	}

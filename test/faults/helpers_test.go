@@ -17,7 +17,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"example.com/service/src/testenv"
-	"example.com/service/test/stack"
 )
 
 // command runs name with args and fails the test with its output on error.
@@ -101,17 +100,6 @@ func waitPostgres(t *testing.T) {
 		}
 	}
 	t.Fatal("PostgreSQL did not come back within 60 s")
-}
-
-// database opens env's database for counting what the service stored.
-func database(t *testing.T, env stack.Env) *sql.DB {
-	t.Helper()
-	db, err := sql.Open("pgx", testenv.PostgresURL(env.Database))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	return db
 }
 
 // storedCounts returns how many example items carry tag as a prefix of

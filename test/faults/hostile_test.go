@@ -69,7 +69,7 @@ func (a *arena) finish(attack, note string) securityRow {
 func (a *arena) deadLetters() int {
 	ch := a.env.Channel(a.t)
 	n := 0
-	for _, route := range []string{"queue-test", "example-item.store"} {
+	for _, route := range stack.Names(bins.Routes(a.t), worker.KindQueue) {
 		if q, err := ch.QueueDeclarePassive(route+worker.DeadLetterSuffix, true, false, false, false, nil); err == nil {
 			n += q.Messages
 		}
@@ -334,7 +334,7 @@ func TestHostileReplyInjection(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second)
-	rows, _ := storedCounts(t, database(t, a.env), tag)
+	rows, _ := storedCounts(t, a.env.DB(t), tag)
 	r := a.finish("request with reply_to set to a queue route (example-item.store)", fmt.Sprintf("%d rows stored from the reply", rows))
 	wantCalm(t, r)
 	if rows != 0 {
@@ -379,7 +379,7 @@ func TestHostileSecretsInErrors(t *testing.T) {
 // same id.
 func TestHostileInternalsInReplies(t *testing.T) {
 	a := newArena(t)
-	admin := database(t, a.env)
+	admin := a.env.DB(t)
 	// The app role loses its grants: every query is "permission denied".
 	if _, err := admin.ExecContext(context.Background(), `REVOKE ALL ON example_item FROM `+quoteIdent(a.env.Roles.App)); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ package stack
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -151,6 +152,18 @@ func (e Env) Channel(t testing.TB) *amqp.Channel {
 		t.Fatal(err)
 	}
 	return ch
+}
+
+// DB opens env's database as the tests' superuser, to look at what the
+// service stored; it is closed when the test ends.
+func (e Env) DB(t testing.TB) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("pgx", testenv.PostgresURL(e.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
 }
 
 // Client connects a project client to this env's vhost; it is closed when
