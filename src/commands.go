@@ -19,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"example.com/service/src/runner"
 	"example.com/service/src/worker"
 )
 
@@ -178,3 +179,57 @@ func printJSON(out io.Writer, v any) {
 	_ = enc.Encode(v)
 	fmt.Fprint(out, b.String())
 }
+
+// buildErrors returns the compiler's errors when the service runs under
+// `task dev` and the last save did not compile: .air.toml builds into a
+// new file, keeps the last good binary and starts it with DEV_BUILD_ERRORS
+// naming the file the errors went to. "" otherwise.
+func buildErrors() string {
+	path := os.Getenv("DEV_BUILD_ERRORS")
+	if path == "" {
+		return ""
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// serveUnavailable answers every RPC route of the last good build with
+// type "Unavailable" and the compiler's errors, so a call made while the
+// code does not compile fails at once instead of waiting for its timeout.
+// Queue routes are not consumed: their messages wait for the fixed code.
+func serveUnavailable(ctx context.Context, cfg config, log *slog.Logger, errs string) error {
+	startCtx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	broker, err := worker.Dial(startCtx, cfg.Broker, worker.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer broker.Close()
+	rpc := worker.NewRPC(broker, worker.WithLogger(log), worker.WithDevelopment(true), worker.WithQueueType(cfg.RPCQueueType))
+	msg := "the service does not compile; fix it and save (task dev rebuilds it): " + preview([]byte(errs), 2000)
+	routes(unavailable{rpc, msg}, discard{}, &service{})
+	log.Error("the code does not compile: answering every RPC route with Unavailable until it does", "errors", errs)
+	r := &runner.Runner{Logger: log, DrainTimeout: cfg.DrainTimeout}
+	return r.Run(ctx, runner.Named("rpc worker (unavailable)", rpc))
+}
+
+// unavailable registers a route of the RPC worker with a handler that
+// fails with type "Unavailable".
+type unavailable struct {
+	rpc *worker.RPC
+	msg string
+}
+
+func (u unavailable) Handle(route string, _ worker.Handler) {
+	u.rpc.HandleFunc(route, func(context.Context, *worker.Request) ([]byte, error) {
+		return nil, worker.Errorf("Unavailable", "%s", u.msg)
+	})
+}
+
+// discard registers nothing.
+type discard struct{}
+
+func (discard) Handle(string, worker.Handler) {}

@@ -187,6 +187,13 @@ func main() {
 	}
 	log := newLogger(cfg)
 	slog.SetDefault(log)
+	if errs := buildErrors(); errs != "" {
+		// Under `task dev` (Air) after a save that does not compile.
+		if err := serveUnavailable(context.Background(), cfg, log, errs); err != nil {
+			fail(1, "", err)
+		}
+		return
+	}
 	if !cfg.development() && slices.Contains([]string{"allow", "prefer"}, cfg.Database.SSLMode) {
 		log.Warn("DB_SSLMODE falls back to plaintext without a word when the server offers no TLS; use require, verify-ca or verify-full in production",
 			"DB_SSLMODE", cfg.Database.SSLMode)

@@ -89,7 +89,7 @@ func TestUnreachableAtStart(t *testing.T) {
 			}
 			want := fmt.Sprintf(tc.want, port)
 			if !strings.Contains(p.Logs(), want) {
-				t.Errorf("log does not say %q:\n%s", want, p.Logs())
+				t.Errorf("log does not say %q; its end:\n%s", want, p.Tail(15))
 			}
 			t.Logf("exited %d after %s", code, time.Since(start).Round(time.Millisecond))
 		})

@@ -10,10 +10,12 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"ariga.io/atlas/sql/migrate"
 	"ariga.io/atlas/sql/postgres"
 	"ariga.io/atlas/sql/schema"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // managedSchema is the only schema manage inspects, diffs and changes.
@@ -120,6 +122,24 @@ func stmtLine(text string, stmt *migrate.Stmt) int {
 		pos++
 	}
 	return lineOf(text, pos)
+}
+
+// errorLine returns the line of text where the server says stmt failed:
+// the line of the error's position (a syntax error's, say) when the server
+// gives one, else the line the statement starts on.
+func errorLine(text string, stmt *migrate.Stmt, err error) int {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Position <= 0 || !strings.HasPrefix(text[min(stmt.Pos, len(text)):], stmt.Text) {
+		return stmtLine(text, stmt)
+	}
+	// Position counts characters of the statement from 1.
+	off, chars := 0, int(pe.Position)-1
+	for off < len(stmt.Text) && chars > 0 {
+		_, size := utf8.DecodeRuneInString(stmt.Text[off:])
+		off += size
+		chars--
+	}
+	return lineOf(text, stmt.Pos+off)
 }
 
 // A warning names a statement whose object the Atlas library does not diff.
@@ -296,7 +316,7 @@ func load(ctx context.Context, o options, sc *scratch, srcs []source, probeSetti
 		var se *migrate.StmtExecError
 		if errors.As(err, &se) {
 			src := byName[se.File.Name()]
-			return nil, &fileError{path: src.path, line: stmtLine(src.text, se.Stmt), stmt: firstLine(se.Stmt.Text), err: se.Err}
+			return nil, &fileError{path: src.path, line: errorLine(src.text, se.Stmt, se.Err), stmt: firstLine(se.Stmt.Text), err: se.Err}
 		}
 		return nil, fmt.Errorf("load %s into scratch database %s: %w", describe(srcs), sc.name, err)
 	}

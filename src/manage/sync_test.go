@@ -162,6 +162,20 @@ func TestSyncFailingFile(t *testing.T) {
 	}
 }
 
+// A syntax error is reported at its own line, not the statement's first.
+func TestSyncSyntaxErrorLine(t *testing.T) {
+	requirePostgres(t)
+	target := testenv.CreateDatabase(t, "manage_target_")
+	dir := t.TempDir()
+	writeModels(t, dir, map[string]string{
+		"typo.sql": "-- a table\nCREATE TABLE typo (\n    id int PRIMARY KEY,\n    name text,\n    price numeric(10 2)\n);\n",
+	})
+	r := syncTo(t, target, dir, "", true)
+	if r.err == nil || !strings.Contains(r.err.Error(), "typo.sql:5:") || !strings.Contains(r.err.Error(), "syntax error") {
+		t.Fatalf("error %v, want it at typo.sql:5 (the line of the syntax error)", r.err)
+	}
+}
+
 // TestSyncLock: a sync waiting at the prompt holds the lock; a second sync
 // reports ErrLocked after its timeout; the first then applies.
 func TestSyncLock(t *testing.T) {

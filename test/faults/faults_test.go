@@ -157,7 +157,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 		t.Errorf("no call failed while PostgreSQL was down: was it down?")
 	}
 	if p.Exited() {
-		t.Fatalf("service exited during the PostgreSQL restart:\n%s", p.Logs())
+		t.Fatalf("service exited during the PostgreSQL restart; the end of its log:\n%s", p.Tail(15))
 	}
 	var hello string
 	callCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -363,7 +363,7 @@ func TestBadInputOnEveryRoute(t *testing.T) {
 		t.Errorf("dead-lettered %d of %d hostile queue messages", dead, sentToQueues)
 	}
 	if p.Exited() {
-		t.Fatalf("the service died:\n%s", p.Logs())
+		t.Fatalf("the service died; the end of its log:\n%s", p.Tail(15))
 	}
 	if after > before+300 {
 		t.Errorf("resident memory grew from %d to %d MiB", before, after)

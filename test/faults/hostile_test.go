@@ -286,7 +286,7 @@ func TestHostileGzipBombsBeforeStart(t *testing.T) {
 		}
 		if p.Exited() {
 			code, _ := p.Wait(time.Second)
-			t.Errorf("start %d: the service exited %d with 200 gzip bombs queued:\n%s", i+1, code, tail(p.Logs(), 20))
+			t.Errorf("start %d: the service exited %d with 200 gzip bombs queued; the end of its log:\n%s", i+1, code, p.Tail(20))
 			continue
 		}
 		ok++
@@ -400,7 +400,7 @@ func TestHostileInternalsInReplies(t *testing.T) {
 	if id == "" {
 		t.Errorf("the reply %q carries no error id", remote.Message)
 	} else if !strings.Contains(a.p.Logs(), id) || !strings.Contains(strings.ToLower(a.p.Logs()), "permission denied") {
-		t.Errorf("the log does not hold error id %s with the internal error:\n%s", id, tail(a.p.Logs(), 10))
+		t.Errorf("the log does not hold error id %s with the internal error; its end:\n%s", id, a.p.Tail(10))
 	}
 	// A queue message failing the same way is dead-lettered after its
 	// retries with the public message in x-error.
@@ -630,11 +630,6 @@ func longestLine(s string) string {
 		}
 	}
 	return longest
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func keys(t amqp.Table) []string {

@@ -218,7 +218,7 @@ func Start(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 			return p
 		}
 		if p.Exited() || time.Now().After(deadline) {
-			t.Fatalf("service not ready: no hello_world reply (last error: %v) or no \"service running\" log line; its log:\n%s", err, p.Logs())
+			t.Fatalf("service not ready: no hello_world reply (last error: %v) or no \"service running\" log line; the end of its log:\n%s", err, p.Tail(15))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -250,10 +250,37 @@ func Launch(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("service log:\n%s", p.Logs())
+			t.Logf("the last lines of the service's log (all of it in %s):\n%s", p.saveLog(t), p.Tail(15))
 		}
 	})
 	return p
+}
+
+// Tail returns the last n lines the process wrote, each cut to 300 bytes.
+func (p *Process) Tail(n int) string {
+	lines := strings.Split(strings.TrimRight(p.Logs(), "\n"), "\n")
+	lines = lines[max(0, len(lines)-n):]
+	for i, l := range lines {
+		if len(l) > 300 {
+			lines[i] = l[:300] + "..."
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// saveLog writes the whole log to a file under the system's temporary
+// directory named after the test, and returns its path.
+func (p *Process) saveLog(t testing.TB) string {
+	dir := filepath.Join(os.TempDir(), "service-test-logs")
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + fmt.Sprintf("-%d.log", p.PID())
+	path := filepath.Join(dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "(not saved: " + err.Error() + ")"
+	}
+	if err := os.WriteFile(path, []byte(p.Logs()), 0o644); err != nil {
+		return "(not saved: " + err.Error() + ")"
+	}
+	return path
 }
 
 // PID is the process id.

@@ -95,26 +95,31 @@ func TestTaskDevHotReload(t *testing.T) {
 		t.Errorf("hot reload took %v, want under 30 s", reload)
 	}
 
-	// A save that does not compile: Air reports the error and stops the old
-	// process (stop_on_error), so nobody calls stale code; the next good
-	// save brings the service back.
+	// A save that does not compile: the compiler's error is shown, and the
+	// last good binary answers every call at once with type Unavailable and
+	// that error, so nobody waits for a timeout or gets stale code; the next
+	// good save brings the service back.
 	broken := append(bytes.Clone(edited), []byte("\nfunc broken() {\n")...)
 	if err := os.WriteFile(lib, broken, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	failedAt := time.Now()
 	for {
-		if _, ok := out.firstAfter(failedAt, "failed to build"); ok && consumers(t, vhost, "hello_world") == 0 {
+		typ, msg, err := client.callError(t, "hello_world")
+		if err == nil && typ == "Unavailable" {
+			if !strings.Contains(msg, "src/lib.go") {
+				t.Errorf("the Unavailable reply %q does not name the file that does not compile", msg)
+			}
+			t.Logf("a call after a save that does not compile is answered Unavailable %.2f s after the save", time.Since(failedAt).Seconds())
 			break
 		}
 		if time.Since(failedAt) > 60*time.Second {
-			t.Fatalf("after a save that does not compile: no build error reported, or hello_world still served (%d consumers)",
-				consumers(t, vhost, "hello_world"))
+			t.Fatalf("60 s after a save that does not compile, hello_world still answers %q %q (%v), want type Unavailable", typ, msg, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if at, ok := out.firstAfter(failedAt, "src/lib.go:"); !ok || at.IsZero() {
-		t.Error("Air's output does not show the compiler's error naming src/lib.go")
+		t.Error("task dev's output does not show the compiler's error naming src/lib.go")
 	}
 	fixed := "Hello fixed " + testenv.Name("") + "!"
 	if err := os.WriteFile(lib, bytes.Replace(src, []byte(`"Hello world!"`), []byte(strconv.Quote(fixed)), 1), 0o644); err != nil {
@@ -359,13 +364,39 @@ func (c *rpcClient) call(route string, data any, timeout time.Duration) (json.Ra
 				return nil, fmt.Errorf("decode reply %q: %w", b, err)
 			}
 			if !reply.Success {
-				return nil, fmt.Errorf("%s failed: %s", route, reply.Error)
+				f := &failedReply{route: route}
+				_ = json.Unmarshal(reply.Error, f)
+				return nil, f
 			}
 			return reply.Data, nil
 		case <-ctx.Done():
 			return nil, fmt.Errorf("no reply from %s within %v", route, timeout)
 		}
 	}
+}
+
+// failedReply is a failure envelope's error.
+type failedReply struct {
+	route   string
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+func (f *failedReply) Error() string { return f.route + " failed: " + f.Type + ": " + f.Message }
+
+// callError calls route once and returns the type and message of its
+// failure reply; err is set when there was no failure reply.
+func (c *rpcClient) callError(t *testing.T, route string) (typ, msg string, err error) {
+	t.Helper()
+	data, err := c.call(route, nil, 2*time.Second)
+	var f *failedReply
+	switch {
+	case errors.As(err, &f):
+		return f.Type, f.Message, nil
+	case err == nil:
+		return "", "", fmt.Errorf("%s answered %s", route, data)
+	}
+	return "", "", err
 }
 
 // waitFor calls route until it answers want, the process exits, or the
