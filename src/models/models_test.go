@@ -57,8 +57,10 @@ func newClient(t *testing.T) *db.Client {
 	return c
 }
 
-// TestSchemaMatchesRowTypes: every table's columns, as the .sql files
-// create them, are exactly the columns of its Go row type.
+// TestSchemaMatchesRowTypes: each model's table, as the .sql files create
+// it, has exactly the columns of the model's Go row type. (A table of the
+// .sql files without a model here is named in the log, not a failure:
+// adding a table breaks no test.)
 func TestSchemaMatchesRowTypes(t *testing.T) {
 	c := newClient(t)
 	ctx := context.Background()
@@ -66,13 +68,20 @@ func TestSchemaMatchesRowTypes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(tables, []string{"example_item", "simple"}) {
-		t.Errorf("the .sql files create tables %q", tables)
-	}
-	for table, cols := range map[string]string{
+	checked := map[string]string{
 		"simple":       models.NewSimples(c).Columns(),
 		"example_item": models.NewExampleItems(c).Columns(),
-	} {
+	}
+	for _, table := range tables {
+		if _, ok := checked[table]; !ok {
+			t.Logf("table %s has no model in this test: add it to the map above to check its columns against its row type", table)
+		}
+	}
+	for table, cols := range checked {
+		if !slices.Contains(tables, table) {
+			t.Errorf("no .sql file creates table %s, which a model reads and writes (tables: %q)", table, tables)
+			continue
+		}
 		var got []string
 		if err := c.Select(ctx, &got, `SELECT quote_ident(column_name) FROM information_schema.columns
 			WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position`, table); err != nil {
