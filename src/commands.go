@@ -223,7 +223,7 @@ type unavailable struct {
 	msg string
 }
 
-func (u unavailable) Handle(route string, _ worker.Handler) {
+func (u unavailable) Handle(route string, _ worker.Handler, _ ...worker.Middleware) {
 	u.rpc.HandleFunc(route, func(context.Context, *worker.Request) ([]byte, error) {
 		return nil, worker.Errorf("Unavailable", "%s", u.msg)
 	})
@@ -232,4 +232,4 @@ func (u unavailable) Handle(route string, _ worker.Handler) {
 // discard registers nothing.
 type discard struct{}
 
-func (discard) Handle(string, worker.Handler) {}
+func (discard) Handle(string, worker.Handler, ...worker.Middleware) {}

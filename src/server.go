@@ -228,9 +228,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// WORKERS: an RPC worker answers requests; a queue worker consumes
 	// fire-and-forget messages (retried, then dead-lettered to <route>.dlq).
 	//
-	opts := []worker.Option{worker.WithLogger(log), worker.WithDevelopment(cfg.development())}
-	rpc := worker.NewRPC(broker, append(opts, worker.WithQueueType(cfg.RPCQueueType))...)
-	queue := worker.NewQueue(broker, append(opts, worker.WithQueueType(cfg.QueueType))...)
+	rpc := worker.NewRPC(broker, worker.WithLogger(log), worker.WithDevelopment(cfg.development()),
+		worker.WithQueueType(cfg.RPCQueueType), worker.WithErrorType(errorType))
+	queue := worker.NewQueue(broker, worker.WithLogger(log), worker.WithDevelopment(cfg.development()),
+		worker.WithQueueType(cfg.QueueType), worker.WithErrorType(errorType))
 
 	//
 	// MODELS and ROUTES: a model is a table's row type plus its queries (the
@@ -244,6 +245,27 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	//
 	r := &runner.Runner{Logger: log, DrainTimeout: cfg.DrainTimeout}
 	return r.Run(ctx, runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
+}
+
+// errorType names the service's errors on the wire, in one place: an error
+// that names itself (worker.Errorf, or lib.go's with an ErrorType method),
+// then the database's, then the worker's default ("Error": an internal
+// failure, whose text a production reply does not show). BadRequest means
+// the caller's fault: a queue message failing with it is dead-lettered at
+// once.
+func errorType(err error) string {
+	var typed worker.Typed
+	switch {
+	case errors.As(err, &typed) && typed.ErrorType() != "":
+		return typed.ErrorType()
+	case errors.Is(err, db.ErrNotFound):
+		return "NotFound"
+	case errors.Is(err, db.ErrConflict):
+		return "Conflict"
+	case errors.Is(err, db.ErrInvalid):
+		return worker.TypeBadRequest
+	}
+	return worker.DefaultErrorType(err)
 }
 
 // service is what the routes need: the database, its models, the logger.

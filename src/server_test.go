@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+
+	"example.com/service/src/db"
+	"example.com/service/src/worker"
 )
 
 func TestLoadConfigDefaults(t *testing.T) {
@@ -199,11 +203,25 @@ func TestItemChangesRules(t *testing.T) {
 	}
 }
 
-// errorType reads the reply type an error would get, as the worker library does.
-func errorType(err error) string {
-	var typed interface{ ErrorType() string }
-	if errors.As(err, &typed) {
-		return typed.ErrorType()
+// Errors reach the wire named in one place, errorType: the database's
+// errors as the seed named them, an error's own type first.
+func TestErrorType(t *testing.T) {
+	for err, want := range map[error]string{
+		fmt.Errorf("read: %w", &db.NotFoundError{Table: "t", ID: 1}):   "NotFound",
+		fmt.Errorf("create: %w", &db.ConflictError{Table: "t"}):        "Conflict",
+		fmt.Errorf("update: %w", &db.InvalidError{Reason: "too long"}): "BadRequest",
+		badRequest("no string"):                                       "BadRequest",
+		fmt.Errorf("wrapped: %w", willErrorErr()):                     "Exception",
+		errors.New("permission denied for table example_item"):        "Error",
+		worker.Errorf("Unavailable", "down: %w", &db.NotFoundError{}): "Unavailable",
+	} {
+		if got := errorType(err); got != want {
+			t.Errorf("errorType(%v) = %q, want %q", err, got, want)
+		}
 	}
-	return ""
+}
+
+func willErrorErr() error {
+	_, err := willError(context.Background(), "x")
+	return err
 }

@@ -11,9 +11,9 @@ import (
 )
 
 // Sentinel errors, matched with errors.Is. The errors this package returns
-// carry more detail in the types below (errors.As); each of those also has an
-// ErrorType method naming its kind for callers ("NotFound", "Conflict", and
-// "BadRequest" for invalid input), which the worker package puts in replies.
+// carry more detail in the types below (errors.As). This package knows
+// nothing of how they reach a caller: a service maps them to its wire
+// (src/server.go maps them to the seed's reply types).
 var (
 	// ErrNotFound: no row matched (a model operation by id, or Get).
 	ErrNotFound = errors.New("not found")
@@ -45,9 +45,6 @@ func (e *NotFoundError) Is(target error) bool {
 	return target == ErrNotFound || target == sql.ErrNoRows
 }
 
-// ErrorType returns "NotFound".
-func (e *NotFoundError) ErrorType() string { return "NotFound" }
-
 // ConflictError reports a unique violation: the write to Table (of the row
 // with key ID, when known) collided with an existing row on Constraint.
 type ConflictError struct {
@@ -77,9 +74,6 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 // Unwrap returns the driver's error (a *pgconn.PgError).
 func (e *ConflictError) Unwrap() error { return e.Err }
 
-// ErrorType returns "Conflict".
-func (e *ConflictError) ErrorType() string { return "Conflict" }
-
 // InvalidError reports input that was refused: by this package before any
 // SQL ran (Err nil), or by the database (Err the driver's error).
 type InvalidError struct {
@@ -106,10 +100,6 @@ func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 // Unwrap returns the driver's error, if the database refused the input.
 func (e *InvalidError) Unwrap() error { return e.Err }
 
-// ErrorType returns "BadRequest": the input broke a rule of the table, so
-// the caller must change it (a queue worker dead-letters it at once rather
-// than retrying).
-func (e *InvalidError) ErrorType() string { return "BadRequest" }
 
 // classify turns driver errors into this package's errors: no rows becomes
 // a NotFoundError, a unique violation a ConflictError, a constraint or data

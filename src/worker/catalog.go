@@ -13,7 +13,7 @@ import (
 // routes in one function taking two Routers, so the same function serves
 // the running workers and a listing of the routes that needs no broker.
 type Router interface {
-	Handle(route string, h Handler)
+	Handle(route string, h Handler, mws ...Middleware)
 }
 
 // Kinds of route.
@@ -49,9 +49,10 @@ type catalogRouter struct {
 	kind string
 }
 
-// Handle records the route; it panics where a worker's Handle does (an
-// empty or reserved name, a name registered twice, a nil handler).
-func (r catalogRouter) Handle(route string, h Handler) {
+// Handle records the route (its middleware are not run); it panics where a
+// worker's Handle does (an empty or reserved name, a name registered
+// twice, a nil handler).
+func (r catalogRouter) Handle(route string, h Handler, _ ...Middleware) {
 	checkRoute(route, h)
 	for _, known := range r.c.routes {
 		if known.Name == route {

@@ -20,6 +20,12 @@ const directReplyTo = "amq.rabbitmq.reply-to"
 // are pipelined. When the connection drops it opens new channels on the
 // recovered connection.
 type Client struct {
+	*sessions
+	encoding Encoding
+}
+
+// sessions is what every copy of a Client shares (see WithEncoding).
+type sessions struct {
 	conn *Conn
 	opts options
 	lim  limits
@@ -28,7 +34,7 @@ type Client struct {
 	calls *slot[callSession, *callSession]
 
 	prefix string
-	seq    atomic.Uint64
+	seq    atomic.Uint64 // correlation ids: unique across the copies
 }
 
 type callSession struct {
@@ -46,20 +52,22 @@ type callResult struct {
 	returned *amqp.Return
 }
 
-// NewClient returns a client on conn. Options: [WithLogger],
-// [WithMaxBodySize] (for replies).
-func NewClient(conn *Conn, opts ...Option) *Client {
-	o := newOptions(opts)
+// NewClient returns a client on conn.
+func NewClient(conn *Conn, opts ...ClientOption) *Client {
+	o := clientOptions(opts)
 	if !o.maxBodySet {
 		o.maxBody = conn.maxBody
 	}
 	return &Client{
-		conn:   conn,
-		opts:   o,
-		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
-		pub:    newPublisher(conn, o.logger),
-		calls:  newSlot[callSession](conn.publish, openCallSession),
-		prefix: randomHex(6) + ".",
+		sessions: &sessions{
+			conn:   conn,
+			opts:   o,
+			lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth},
+			pub:    newPublisher(conn, o.logger),
+			calls:  newSlot[callSession](conn.publish, openCallSession),
+			prefix: randomHex(6) + ".",
+		},
+		encoding: o.encoding,
 	}
 }
 
@@ -80,7 +88,8 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
 	if err != nil {
 		return fmt.Errorf("call %q: %w", route, err)
 	}
-	msg := amqp.Publishing{ContentType: ContentJSON, ReplyTo: directReplyTo, Body: body}
+	body, ct := c.encoding.encode(body)
+	msg := amqp.Publishing{ContentType: ct, ReplyTo: directReplyTo, Body: body}
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if left < time.Millisecond {
@@ -180,11 +189,18 @@ func (c *Client) Publish(ctx context.Context, queue string, msg any) error {
 	if err != nil {
 		return fmt.Errorf("publish to queue %q: %w", queue, err)
 	}
+	body, ct := c.encoding.encode(body)
 	return c.pub.publish(ctx, queue, amqp.Publishing{
-		ContentType:  ContentJSON,
+		ContentType:  ct,
 		DeliveryMode: amqp.Persistent,
 		Body:         body, // the publisher gives it a unique message id
 	})
+}
+
+// WithEncoding returns a client that sends in encoding e, for the calls
+// where it matters: it shares c's channels (closing either closes both).
+func (c *Client) WithEncoding(e Encoding) *Client {
+	return &Client{sessions: c.sessions, encoding: e}
 }
 
 // Close closes the client's channels. Calls and Publishes in progress, and

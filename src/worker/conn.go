@@ -66,8 +66,8 @@ type link struct {
 // connection refused". Refused credentials or vhost fail at once.
 // Options: [WithName], [WithLogger], [WithMaxBodySize] (no body larger is
 // read off the wire), [WithMaxInflightBytes].
-func Dial(ctx context.Context, cfg Config, opts ...Option) (*Conn, error) {
-	o := newOptions(opts)
+func Dial(ctx context.Context, cfg Config, opts ...ConnOption) (*Conn, error) {
+	o := connOptions(opts)
 	uri, err := cfg.uri()
 	if err != nil {
 		return nil, err

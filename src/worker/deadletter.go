@@ -29,7 +29,7 @@ const HeaderErrorID = "x-error-id"
 // deadLetterHeaders returns the headers of a dead letter: the original
 // ones, in key order while they fit in maxCopiedHeaders (our own x-error*
 // headers of an earlier failure are replaced, never kept), then ours.
-func deadLetterHeaders(orig amqp.Table, o outcome, route string, attempts int) amqp.Table {
+func deadLetterHeaders(orig amqp.Table, o *outcome, route string, attempts int) amqp.Table {
 	out := amqp.Table{}
 	ours := []string{HeaderError, HeaderErrorType, HeaderErrorID, HeaderAttempts, HeaderRoute, HeaderHeadersDropped}
 	size, dropped := 0, 0
@@ -100,22 +100,14 @@ func fieldSize(v any) int {
 	return -1
 }
 
-// deadLetter publishes the message to the route's dead-letter queue with
-// the failure in its headers and, once confirmed, acks it. When the
+// publishDeadLetter publishes the message to the route's dead-letter queue
+// with the failure o in its headers and, once confirmed, acks it. When the
 // dead-letter queue is gone it is declared again. When the dead letter
 // still cannot be confirmed (the queue is full: it refuses new messages
 // past its bound) the message is requeued after a wait that grows with each
 // consecutive failure (1 s up to 30 s), never dropped and never redelivered
 // in a tight loop.
-func (c *consumer) deadLetter(ack *acker, d *amqp.Delivery, cause error, attempts int) {
-	s := c.s
-	o := describe(cause, s.opts.development)
-	s.logFailure(c.route, "message dead-lettered", o, "attempts", attempts)
-	c.publishDeadLetter(ack, d, o, attempts)
-}
-
-// publishDeadLetter is deadLetter once the failure is described.
-func (c *consumer) publishDeadLetter(ack *acker, d *amqp.Delivery, o outcome, attempts int) {
+func (c *consumer) publishDeadLetter(ack *acker, d *amqp.Delivery, o *outcome, attempts int) {
 	s := c.s
 	dlq := c.route + DeadLetterSuffix
 	msg := amqp.Publishing{

@@ -58,8 +58,11 @@ func (e *Error) Unwrap() error { return e.Err }
 // ErrorType returns the reply type the error was created with.
 func (e *Error) ErrorType() string { return e.Type }
 
-// errorType names err on the wire.
-func errorType(err error) string {
+// DefaultErrorType names err on the wire: the type of the first error in
+// its chain that implements [Typed], else "BadRequest" for
+// [ErrBadRequest], else "Error". Pass your own to [WithErrorType] to name
+// the errors of your packages, falling back to this.
+func DefaultErrorType(err error) string {
 	var t Typed
 	if errors.As(err, &t) {
 		if s := t.ErrorType(); s != "" {
@@ -119,8 +122,10 @@ const (
 
 // outcome is how a failed delivery is reported: a type and public message
 // for the caller (the reply, or a dead letter's headers), the whole error
-// for the log, both under one id.
+// for the log, both under one id. It is an error itself, wrapping the one
+// it describes, so the middleware that logs it hands it to the reply.
 type outcome struct {
+	err      error
 	Type     string // the reply type
 	Public   string // what the caller is told
 	Internal string // what the log is told
@@ -130,13 +135,25 @@ type outcome struct {
 	Chain    string // the Go types of the error chain, outermost first
 }
 
-// describe reports err. An error without a type of its own ([Typed],
-// [ErrBadRequest]) is an internal failure: in production its text (a
-// driver's message, an address, a query) stays in the log and the caller
-// gets "internal error" and the id. A typed error's message is meant for
-// the caller and is told as it is; in development every message is.
-func describe(err error, development bool) outcome {
-	o := outcome{Type: errorType(err), Internal: err.Error(), ID: randomHex(8)}
+func (o *outcome) Error() string { return o.Internal }
+func (o *outcome) Unwrap() error { return o.err }
+
+// describe reports err, once: an outcome already made is returned as it
+// is. An error of type "Error" (no type of its own) or a panic is an
+// internal failure: in production its text (a driver's message, an
+// address, a query) stays in the log and the caller gets "internal error"
+// and the id. Any other error's message is meant for the caller and is told
+// as it is; in development every message is.
+func (s *server) describe(err error) *outcome {
+	return describe(err, s.opts.errorType, s.opts.development)
+}
+
+func describe(err error, errorType func(error) string, development bool) *outcome {
+	var done *outcome
+	if errors.As(err, &done) {
+		return done
+	}
+	o := &outcome{err: err, Type: errorType(err), Internal: err.Error(), ID: randomHex(8)}
 	var pe *panicError
 	if errors.As(err, &pe) {
 		o.Panic = pe
@@ -147,8 +164,7 @@ func describe(err error, development bool) outcome {
 	}
 	o.GoType = chain[len(chain)-1]
 	o.Chain = "error chain: " + strings.Join(chain, " -> ")
-	public := o.Type != TypeError && o.Panic == nil
-	if public || development {
+	if (o.Type != TypeError && o.Panic == nil) || development {
 		o.Public = o.Internal
 	} else {
 		o.Public = "internal error (error id " + o.ID + "); the service's log has the details"

@@ -33,6 +33,31 @@ func ExampleFunc() {
 	// data.name is a JSON number, want string true
 }
 
+// A Middleware wraps a handler like net/http middleware: here one that
+// refuses requests without a token header, used on a worker with
+// rpc.Use(requireToken) (every route) or on one route with
+// rpc.Handle("items.delete", h, requireToken).
+func ExampleMiddleware() {
+	requireToken := func(next worker.Handler) worker.Handler {
+		return worker.HandlerFunc(func(ctx context.Context, req *worker.Request) ([]byte, error) {
+			if req.Headers["x-token"] != "s3cret" {
+				return nil, worker.Errorf("Unauthorized", "route %s needs an x-token header", req.Route)
+			}
+			return next.Serve(ctx, req)
+		})
+	}
+	h := requireToken(worker.Func(func(context.Context, any) (string, error) { return "done", nil }))
+
+	_, err := h.Serve(context.Background(), &worker.Request{Route: "items.delete", Data: json.RawMessage(`null`)})
+	fmt.Println(err)
+	out, _ := h.Serve(context.Background(), &worker.Request{Route: "items.delete", Data: json.RawMessage(`null`),
+		Headers: map[string]any{"x-token": "s3cret"}})
+	fmt.Println(string(out))
+	// Output:
+	// route items.delete needs an x-token header
+	// "done"
+}
+
 // Errorf gives an error a reply type; callers see it in RemoteError.Type.
 func ExampleErrorf() {
 	err := worker.Errorf("NotFound", "no item with id %d", 42)

@@ -10,17 +10,23 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// Request is one delivery as a handler sees it.
+// Request is one delivery as a handler and its middleware see it.
 type Request struct {
 	Route    string          // the route (queue) it arrived on
 	Data     json.RawMessage // the "data" member of the body, raw JSON (never empty)
 	Attempt  int             // 1 for the first run; queue retries count up
 	Deadline time.Time       // the caller's deadline, zero when it set none
-	Delivery *amqp.Delivery  // the underlying delivery, for headers and properties; do not ack it
+
+	// The message's properties, for middleware that need more than its
+	// data (an auth header, a trace id). Read them; do not change them.
+	Headers       map[string]any
+	MessageID     string
+	CorrelationID string
+	AppID         string
+	Timestamp     time.Time
+	Redelivered   bool // the broker delivered it before, to this or another consumer
 }
 
 // Handler handles the requests of one route.
@@ -28,9 +34,9 @@ type Request struct {
 // Serve returns the reply data as JSON (nil means null). RPC workers send it
 // to the caller; queue workers discard it. An error becomes a failure reply
 // (RPC) or a retry and, at last, a dead letter (Queue); its reply type comes
-// from [Typed] or [ErrBadRequest] in its chain. ctx ends when the caller's
-// deadline passes or Shutdown gives up waiting. Serve is called from many
-// goroutines at once.
+// from the worker's error type function ([WithErrorType], by default
+// [DefaultErrorType]). ctx ends when the caller's deadline passes or
+// Shutdown gives up waiting. Serve is called from many goroutines at once.
 type Handler interface {
 	Serve(ctx context.Context, req *Request) ([]byte, error)
 }
@@ -40,6 +46,20 @@ type HandlerFunc func(ctx context.Context, req *Request) ([]byte, error)
 
 // Serve calls f(ctx, req).
 func (f HandlerFunc) Serve(ctx context.Context, req *Request) ([]byte, error) { return f(ctx, req) }
+
+// Middleware wraps a Handler to run code around every request it serves,
+// as net/http middleware wraps an http.Handler: it may look at or refuse
+// the request, change its ctx, and look at or replace the result. Register
+// it on a worker with Use (every route) or with Handle (one route).
+type Middleware func(next Handler) Handler
+
+// chain wraps h in mws, the first outermost.
+func chain(h Handler, mws []Middleware) Handler {
+	for i := len(mws) - 1; i >= 0; i-- {
+		h = mws[i](h)
+	}
+	return h
+}
 
 // Func adapts a typed RPC function to a [Handler]: the request data is
 // decoded into Req and the result is encoded as the reply data. Data that

@@ -1,6 +1,8 @@
 package worker_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"io"
 	"net"
@@ -371,4 +373,21 @@ func dialProxied(tb testing.TB) (*worker.Conn, *proxy) {
 	}
 	tb.Cleanup(func() { _ = conn.Close() })
 	return conn, p
+}
+
+// gunzipped returns b decompressed when it is gzip, else b.
+func gunzipped(tb testing.TB, b []byte) []byte {
+	tb.Helper()
+	if len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		return b
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		tb.Fatalf("gunzip: %v", err)
+	}
+	out, err := io.ReadAll(zr)
+	if err != nil {
+		tb.Fatalf("gunzip: %v", err)
+	}
+	return out
 }

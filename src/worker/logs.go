@@ -59,7 +59,7 @@ func (s *sampler) allow(key string) (ok bool, suppressed int) {
 
 // logFailure logs a failed delivery of route at warn level (error level
 // for a panic, with its stack), sampled.
-func (s *server) logFailure(route, msg string, o outcome, args ...any) {
+func (s *server) logFailure(route, msg string, o *outcome, args ...any) {
 	ok, suppressed := s.allowLog(route, msg)
 	if !ok {
 		return

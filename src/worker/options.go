@@ -5,10 +5,55 @@ import (
 	"time"
 )
 
-// Option configures a [Conn], [RPC], [Queue] or [Client]. Each option says
-// which of them it applies to; the others ignore it.
-type Option func(*options)
+// Options are typed by what they configure, so one that does not apply is
+// a compile error, not silently ignored: [Dial] takes ConnOptions, [NewRPC]
+// RPCOptions, [NewQueue] QueueOptions, [NewClient] ClientOptions. An
+// [Option] applies to all four, a [WorkerOption] to both workers.
+type (
+	// ConnOption configures [Dial].
+	ConnOption interface{ applyConn(*options) }
+	// RPCOption configures [NewRPC].
+	RPCOption interface{ applyRPC(*options) }
+	// QueueOption configures [NewQueue].
+	QueueOption interface{ applyQueue(*options) }
+	// ClientOption configures [NewClient].
+	ClientOption interface{ applyClient(*options) }
 
+	// WorkerOption configures both workers.
+	WorkerOption interface {
+		RPCOption
+		QueueOption
+	}
+	// Option configures a Conn, both workers and a Client.
+	Option interface {
+		ConnOption
+		RPCOption
+		QueueOption
+		ClientOption
+	}
+)
+
+type (
+	allOption    func(*options)
+	workerOption func(*options)
+	connOption   func(*options)
+	rpcOption    func(*options)
+	queueOption  func(*options)
+	clientOption func(*options)
+)
+
+func (f allOption) applyConn(o *options)      { f(o) }
+func (f allOption) applyRPC(o *options)       { f(o) }
+func (f allOption) applyQueue(o *options)     { f(o) }
+func (f allOption) applyClient(o *options)    { f(o) }
+func (f workerOption) applyRPC(o *options)    { f(o) }
+func (f workerOption) applyQueue(o *options)  { f(o) }
+func (f connOption) applyConn(o *options)     { f(o) }
+func (f rpcOption) applyRPC(o *options)       { f(o) }
+func (f queueOption) applyQueue(o *options)   { f(o) }
+func (f clientOption) applyClient(o *options) { f(o) }
+
+// options is what every constructor reads its settings from.
 type options struct {
 	logger      *slog.Logger
 	name        string
@@ -26,6 +71,8 @@ type options struct {
 	dlqMax      int
 	dlqMaxBytes int64
 	replyTo     func(string) bool
+	errorType   func(error) string
+	encoding    Encoding
 }
 
 // Retry is the retry policy of a [Queue] worker: a failed handler runs again
@@ -56,8 +103,8 @@ const (
 // few seconds is survived without dead-lettering.
 var DefaultRetry = Retry{Attempts: 6, Backoff: 200 * time.Millisecond, MaxBackoff: 5 * time.Second}
 
-func newOptions(opts []Option) options {
-	o := options{
+func defaults() options {
+	return options{
 		prefetch: DefaultPrefetch,
 		retry:    DefaultRetry,
 		drain:    DefaultDrainTimeout,
@@ -66,10 +113,13 @@ func newOptions(opts []Option) options {
 
 		maxInflight: DefaultMaxInflightBytes,
 		maxInflate:  DefaultMaxInflateBytes,
+		errorType:   DefaultErrorType,
+		encoding:    Gzip,
 	}
-	for _, opt := range opts {
-		opt(&o)
-	}
+}
+
+// finish fills what the options left to their defaults.
+func (o options) finish() options {
 	if o.logger == nil {
 		o.logger = slog.Default()
 	}
@@ -78,28 +128,118 @@ func newOptions(opts []Option) options {
 	return o
 }
 
-// WithLogger sets the logger (all). Default: slog.Default(). Nothing is logged
-// per message above debug level.
-func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
-
-// WithName sets the connection_name client property shown by the broker's
-// management UI and `rabbitmqctl list_connections` ([Dial]).
-func WithName(name string) Option { return func(o *options) { o.name = name } }
-
-// WithPrefetch sets how many deliveries of one route are handled at once
-// (RPC, Queue). Default [DefaultPrefetch]; values below 1 mean 1.
-func WithPrefetch(n int) Option {
-	return func(o *options) { o.prefetch = max(n, 1) }
+func connOptions(opts []ConnOption) options {
+	o := defaults()
+	for _, opt := range opts {
+		opt.applyConn(&o)
+	}
+	return o.finish()
 }
 
-// WithDevelopment makes error replies carry the Go error type and a stack
-// trace (RPC). Off by default: production replies carry only type and message.
-func WithDevelopment(on bool) Option { return func(o *options) { o.development = on } }
+func rpcOptions(opts []RPCOption) options {
+	o := defaults()
+	for _, opt := range opts {
+		opt.applyRPC(&o)
+	}
+	return o.finish()
+}
 
-// WithRetry sets the retry policy of a queue worker (Queue). Zero fields keep
-// their defaults from [DefaultRetry].
-func WithRetry(r Retry) Option {
-	return func(o *options) {
+func queueOptions(opts []QueueOption) options {
+	o := defaults()
+	for _, opt := range opts {
+		opt.applyQueue(&o)
+	}
+	return o.finish()
+}
+
+func clientOptions(opts []ClientOption) options {
+	o := defaults()
+	for _, opt := range opts {
+		opt.applyClient(&o)
+	}
+	return o.finish()
+}
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return allOption(func(o *options) { o.logger = l }) }
+
+// WithMaxBodySize caps the size of a message body. On [Dial] it bounds
+// what is read off the wire: a larger body is never read into memory (see
+// [HeaderBodyRefused]). On the workers and the Client (replies) it bounds
+// a body after gzip decompression; they default to their Conn's limit.
+// Default [DefaultMaxBodySize].
+func WithMaxBodySize(n int64) Option {
+	return allOption(func(o *options) { o.maxBody, o.maxBodySet = n, true })
+}
+
+// WithName sets the connection_name client property shown by the broker's
+// management UI and `rabbitmqctl list_connections`, with " (consume)" or
+// " (publish)" after it for the Conn's two connections.
+func WithName(name string) ConnOption { return connOption(func(o *options) { o.name = name }) }
+
+// WithMaxInflightBytes sets how many bytes of message bodies the workers of
+// a Conn may hold at once: received and not yet settled. Default
+// [DefaultMaxInflightBytes]. A delivery whose body does not fit waits on
+// the socket, before it is read, until enough others are settled: the
+// broker then holds back what it would send, on every route of the
+// connection. RabbitMQ's prefetch bounds deliveries by count only, so this
+// is what bounds the memory they take. Values below the body limit
+// ([WithMaxBodySize]) mean the body limit.
+func WithMaxInflightBytes(n int64) ConnOption {
+	return connOption(func(o *options) { o.maxInflight = n })
+}
+
+// WithMaxInflateBytes sets how many bytes the gzip bodies being
+// decompressed at once may inflate to. Default [DefaultMaxInflateBytes]. A
+// gzip body reserves the size its trailer states (refused at once when over
+// the body limit) before it is inflated, and may not inflate past it.
+func WithMaxInflateBytes(n int64) ConnOption {
+	return connOption(func(o *options) { o.maxInflate = n })
+}
+
+// WithPrefetch sets how many deliveries of one route are handled at once.
+// Default [DefaultPrefetch]; values below 1 mean 1.
+func WithPrefetch(n int) WorkerOption {
+	return workerOption(func(o *options) { o.prefetch = max(n, 1) })
+}
+
+// WithDevelopment makes error replies and dead letters carry the whole
+// error text, its Go type and a trace (a panic's stack, or the chain of a
+// returned error's types), and logs every failure (production samples
+// them). Off by default: an untyped error is then answered "internal error"
+// with its error id.
+func WithDevelopment(on bool) WorkerOption {
+	return workerOption(func(o *options) { o.development = on })
+}
+
+// WithDrainTimeout bounds how long Shutdown waits for running handlers when
+// its context has no deadline. Default [DefaultDrainTimeout].
+func WithDrainTimeout(d time.Duration) WorkerOption {
+	return workerOption(func(o *options) { o.drain = d })
+}
+
+// WithQueueType sets the type of the routes' queues: [Quorum] or
+// [Classic]. Default: Classic for RPC routes, Quorum for queue routes and
+// their dead-letter queues.
+func WithQueueType(t QueueType) WorkerOption {
+	return workerOption(func(o *options) { o.queueType = t })
+}
+
+// WithErrorType sets how errors are named on the wire: the reply type of a
+// failed request, x-error-type of a dead letter. Default
+// [DefaultErrorType]. A service maps its own errors (a database's "not
+// found", say) and passes the rest to DefaultErrorType. "BadRequest" means
+// the caller's fault: a queue worker dead-letters it at once instead of
+// retrying; "Error" means an internal failure whose text a production
+// reply does not show.
+func WithErrorType(f func(error) string) WorkerOption {
+	return workerOption(func(o *options) { o.errorType = f })
+}
+
+// WithRetry sets the retry policy of a queue worker. Zero fields keep their
+// defaults from [DefaultRetry].
+func WithRetry(r Retry) QueueOption {
+	return queueOption(func(o *options) {
 		if r.Attempts > 0 {
 			o.retry.Attempts = r.Attempts
 		}
@@ -109,61 +249,36 @@ func WithRetry(r Retry) Option {
 		if r.MaxBackoff > 0 {
 			o.retry.MaxBackoff = r.MaxBackoff
 		}
-	}
+	})
 }
-
-// WithDrainTimeout bounds how long Shutdown waits for running handlers when
-// its context has no deadline (RPC, Queue). Default [DefaultDrainTimeout].
-func WithDrainTimeout(d time.Duration) Option { return func(o *options) { o.drain = d } }
-
-// WithMaxBodySize caps the size of a message body. On [Dial] it bounds
-// what is read off the wire: a larger body is never read into memory (see
-// [HeaderBodyRefused]). On RPC, Queue and Client (replies) it bounds a body
-// after gzip decompression; they default to their Conn's limit. Default
-// [DefaultMaxBodySize].
-func WithMaxBodySize(n int64) Option {
-	return func(o *options) { o.maxBody, o.maxBodySet = n, true }
-}
-
-// WithMaxInflightBytes sets how many bytes of message bodies the workers of
-// a Conn may hold at once: received and not yet settled ([Dial]). Default
-// [DefaultMaxInflightBytes]. A delivery whose body does not fit waits on
-// the socket, before it is read, until enough others are settled: the
-// broker then holds back what it would send, on every route of the
-// connection. RabbitMQ's prefetch bounds deliveries by count only, so this
-// is what bounds the memory they take. Values below the body limit
-// ([WithMaxBodySize]) mean the body limit.
-func WithMaxInflightBytes(n int64) Option { return func(o *options) { o.maxInflight = n } }
-
-// WithMaxInflateBytes sets how many bytes the gzip bodies being
-// decompressed at once may inflate to ([Dial]). Default
-// [DefaultMaxInflateBytes]. A gzip body reserves the size its trailer
-// states (refused at once when over the body limit) before it is
-// inflated, and may not inflate past it.
-func WithMaxInflateBytes(n int64) Option { return func(o *options) { o.maxInflate = n } }
-
-// WithQueueType sets the type of the routes' queues (RPC, Queue): [Quorum]
-// or [Classic]. Default: Classic for RPC routes, Quorum for queue routes
-// and their dead-letter queues.
-func WithQueueType(t QueueType) Option { return func(o *options) { o.queueType = t } }
 
 // WithDeliveryLimit sets how often a quorum queue route delivers a message
-// before the broker dead-letters it (Queue). Default [DefaultDeliveryLimit].
-func WithDeliveryLimit(n int) Option { return func(o *options) { o.delivery = n } }
-
-// WithDeadLetterLimit bounds each dead-letter queue to messages and bytes
-// (Queue). Zero keeps a default ([DefaultDeadLetterMax],
-// [DefaultDeadLetterMaxBytes]). A full dead-letter queue refuses new dead
-// letters; their messages stay in the route's queue and are retried.
-func WithDeadLetterLimit(messages int, bytes int64) Option {
-	return func(o *options) { o.dlqMax, o.dlqMaxBytes = messages, bytes }
+// before the broker dead-letters it. Default [DefaultDeliveryLimit].
+func WithDeliveryLimit(n int) QueueOption {
+	return queueOption(func(o *options) { o.delivery = n })
 }
 
-// WithReplyTo sets which reply_to values an RPC worker answers to (RPC).
-// Default [ReplyQueue]: RabbitMQ's direct reply-to and server-named queues,
-// never a route's queue, so a reply cannot be run as someone's request or
-// job. A request whose reply_to is refused is not run; it is logged and
-// acked.
-func WithReplyTo(allow func(replyTo string) bool) Option {
-	return func(o *options) { o.replyTo = allow }
+// WithDeadLetterLimit bounds each dead-letter queue to messages and bytes.
+// Zero keeps a default ([DefaultDeadLetterMax],
+// [DefaultDeadLetterMaxBytes]). A full dead-letter queue refuses new dead
+// letters; their messages stay in the route's queue and are retried.
+func WithDeadLetterLimit(messages int, bytes int64) QueueOption {
+	return queueOption(func(o *options) { o.dlqMax, o.dlqMaxBytes = messages, bytes })
+}
+
+// WithReplyTo sets which reply_to values an RPC worker answers to. Default
+// [ReplyQueue]: RabbitMQ's direct reply-to and server-named queues, never a
+// route's queue, so a reply cannot be run as someone's request or job. A
+// request whose reply_to is refused is not run; it is logged and acked.
+func WithReplyTo(allow func(replyTo string) bool) RPCOption {
+	return rpcOption(func(o *options) { o.replyTo = allow })
+}
+
+// WithEncoding sets how a Client encodes the requests and messages it
+// sends. Default [Gzip], which every service of the Python fleet
+// (lib-python-amqp-worker gunzips every body) and every service of this
+// template reads; [JSON] is a little faster between services of this
+// template only.
+func WithEncoding(e Encoding) ClientOption {
+	return clientOption(func(o *options) { o.encoding = e })
 }

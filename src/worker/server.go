@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,8 +54,9 @@ type server struct {
 	logs   *sampler
 
 	mu        sync.Mutex
-	routes    map[string]Handler
+	routes    map[string]route
 	order     []string
+	use       []Middleware // Use: around every route
 	started   bool
 	shut      bool // Shutdown ran
 	consumers []*consumer
@@ -73,8 +72,13 @@ type server struct {
 	dlq *publisher // queue workers only
 }
 
-func newServer(conn *Conn, k kind, opts []Option) *server {
-	o := newOptions(opts)
+// route is a registered route: its handler and its own middleware.
+type route struct {
+	h   Handler
+	mws []Middleware
+}
+
+func newServer(conn *Conn, k kind, o options) *server {
 	base, cancel := context.WithCancel(context.Background())
 	if o.replyTo == nil {
 		o.replyTo = ReplyQueue
@@ -87,7 +91,7 @@ func newServer(conn *Conn, k kind, opts []Option) *server {
 		lim:    limits{maxBody: o.maxBody, maxDepth: o.maxDepth, inflate: conn.inflate},
 		queues: newQueueSettings(k, o),
 		logs:   newSampler(),
-		routes: map[string]Handler{},
+		routes: map[string]route{},
 		stop:   make(chan struct{}),
 		base:   base, cancelBase: cancel,
 	}
@@ -97,18 +101,27 @@ func newServer(conn *Conn, k kind, opts []Option) *server {
 	return s
 }
 
-func (s *server) handle(route string, h Handler) {
-	checkRoute(route, h)
+func (s *server) handle(name string, h Handler, mws []Middleware) {
+	checkRoute(name, h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started {
-		panic(fmt.Sprintf("worker: Handle(%q) after Start", route))
+		panic(fmt.Sprintf("worker: Handle(%q) after Start", name))
 	}
-	if _, dup := s.routes[route]; dup {
-		panic(fmt.Sprintf("worker: route %q registered twice", route))
+	if _, dup := s.routes[name]; dup {
+		panic(fmt.Sprintf("worker: route %q registered twice", name))
 	}
-	s.routes[route] = h
-	s.order = append(s.order, route)
+	s.routes[name] = route{h: h, mws: mws}
+	s.order = append(s.order, name)
+}
+
+func (s *server) useMiddleware(mws []Middleware) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		panic("worker: Use after Start")
+	}
+	s.use = append(s.use, mws...)
 }
 
 func (s *server) start(ctx context.Context) error {
@@ -135,8 +148,9 @@ func (s *server) start(ctx context.Context) error {
 		s.mu.Unlock()
 		return err
 	}
-	for _, route := range s.order {
-		c := &consumer{s: s, route: route, h: s.routes[route]}
+	for _, name := range s.order {
+		r := s.routes[name]
+		c := &consumer{s: s, route: name, pipeline: s.pipeline(r.h, r.mws)}
 		d, err := c.setup(ctx)
 		if err != nil {
 			return abort(fmt.Errorf("start %s worker: %w", s.kind, err))
@@ -249,9 +263,9 @@ func within[T any](ctx context.Context, items []T, f func(T)) {
 
 // consumer consumes one route.
 type consumer struct {
-	s     *server
-	route string
-	h     Handler
+	s        *server
+	route    string
+	pipeline Handler // the route's handler in its middleware
 
 	mu  sync.Mutex
 	ch  *amqp.Channel
@@ -416,218 +430,42 @@ func (c *consumer) closeChannel() {
 	}
 }
 
-func (c *consumer) serve(ack *acker, d *amqp.Delivery) {
-	c.s.running.Add(1)
-	defer c.s.running.Add(-1)
-	if c.s.kind == kindRPC {
-		c.serveRPC(ack, d)
-	} else {
-		c.serveQueue(ack, d)
-	}
-}
-
-// deadline reads HeaderDeadline.
-func deadline(d *amqp.Delivery) time.Time {
-	switch v := d.Headers[HeaderDeadline].(type) {
-	case int64:
-		return time.UnixMilli(v)
-	case int32:
-		return time.UnixMilli(int64(v))
-	}
-	return time.Time{}
-}
-
-func (c *consumer) serveRPC(ack *acker, d *amqp.Delivery) {
-	s := c.s
-	if isReply(d) {
-		// Sent here as somebody's reply_to: a reply is never run.
-		s.logRefused(c.route, "a reply arrived as a request; not run", "type", d.Type, "correlation_id", d.CorrelationId)
-		ack.ack(d.DeliveryTag)
-		return
-	}
-	if d.ReplyTo != "" && !s.opts.replyTo(d.ReplyTo) {
-		s.logRefused(c.route, "request refused: its reply_to is not a reply queue (direct reply-to or a server-named queue); not run",
-			"reply_to", truncate(d.ReplyTo, 100), "correlation_id", d.CorrelationId)
-		ack.ack(d.DeliveryTag)
-		return
-	}
-	req := &Request{Route: c.route, Attempt: 1, Deadline: deadline(d), Delivery: d}
-	if !req.Deadline.IsZero() && !time.Now().Before(req.Deadline) {
-		s.opts.logger.Debug("request expired before it ran; dropped", "route", c.route, "deadline", req.Deadline)
-		ack.ack(d.DeliveryTag)
-		return
-	}
-	var out []byte
-	var gz bool
-	err := refusal(d)
-	if err == nil {
-		ctx, cancel := s.base, context.CancelFunc(func() {})
-		if !req.Deadline.IsZero() {
-			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-		}
-		req.Data, gz, err = decodeBody(ctx, d.Body, d.ContentEncoding, s.lim)
-		if err == nil {
-			out, err = c.call(ctx, req)
-		}
-		cancel()
-	}
-	var body []byte
-	typ := replyResult
-	if err != nil {
-		o := describe(err, s.opts.development)
-		s.logFailure(c.route, "request failed", o)
-		body, typ = encodeFailure(wire(o, s.opts.development)), replyError
-	} else {
-		body = encodeSuccess(out)
-	}
-	if d.ReplyTo == "" {
-		ack.ack(d.DeliveryTag)
-		return
-	}
-	ct := ContentJSON
-	if gz {
-		body, ct = gzipBytes(body), ContentGzip
-	}
-	ack.replyAndAck(d.DeliveryTag, d.ReplyTo, amqp.Publishing{
-		ContentType:   ct,
-		CorrelationId: d.CorrelationId,
-		Type:          typ,
-		Body:          body,
-	})
-}
-
-// AMQP types of replies, as aio-pika's RPC (the Python seed's) sets and
-// requires them.
-const (
-	replyResult = "result"
-	replyError  = "error"
-)
-
-// isReply reports whether d is a reply: it never runs as a request or job.
-func isReply(d *amqp.Delivery) bool { return d.Type == replyResult || d.Type == replyError }
-
-// refusal is the BadRequest of a delivery the guard could not hand on
-// whole: its body was over the limit, or its headers unreadable.
-func refusal(d *amqp.Delivery) error {
-	for _, h := range []string{HeaderBodyRefused, HeaderHeadersRefused} {
-		if why, ok := d.Headers[h].(string); ok {
-			return badRequest("%s", why)
-		}
-	}
-	return nil
-}
-
-// call runs the handler, turning a panic into an error.
-func (c *consumer) call(ctx context.Context, req *Request) (out []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = &panicError{route: c.route, value: r, stack: debug.Stack()} // logged with its stack by logFailure
-		}
-	}()
-	out, err = c.h.Serve(ctx, req)
-	if _, trusted := c.h.(*typed); !trusted && err == nil && len(out) > 0 && c.s.kind == kindRPC && !json.Valid(out) {
-		err = fmt.Errorf("handler of route %q returned invalid JSON (%d bytes)", c.route, len(out))
-	}
-	return out, err
-}
-
-type panicError struct {
-	route string
-	value any
-	stack []byte
-}
-
-func (e *panicError) Error() string {
-	return fmt.Sprintf("handler of route %q panicked: %v", e.route, e.value)
-}
-
-// wire is the error member of a failure reply for o.
-func wire(o outcome, development bool) wireError {
-	we := wireError{Type: o.Type, Message: truncate(o.Public, maxReplyText), ID: o.ID}
-	if development {
-		if o.Panic != nil {
-			we.GoType = fmt.Sprintf("panic(%T)", o.Panic.value)
-			we.Trace = string(o.Panic.stack)
-		} else {
-			we.GoType, we.Trace = o.GoType, o.Chain
-		}
-	}
-	return we
-}
-
-func (c *consumer) serveQueue(ack *acker, d *amqp.Delivery) {
-	s := c.s
-	if why, ok := d.Headers[HeaderBodyRefused].(string); ok {
-		// The body was never read: the broker moves the whole message to
-		// the dead-letter queue (the queue's dead-letter exchange).
-		s.logFailure(c.route, "message rejected to the dead-letter queue", describe(badRequest("%s", why), true), "message_id", d.MessageId)
-		ack.reject(d.DeliveryTag)
-		return
-	}
-	if isReply(d) {
-		c.deadLetter(ack, d, badRequest("a reply (AMQP type %q) arrived on queue route %q, sent here as somebody's reply_to; it is not a job", d.Type, c.route), 0)
-		return
-	}
-	if err := refusal(d); err != nil {
-		c.deadLetter(ack, d, err, 0)
-		return
-	}
-	req := &Request{Route: c.route, Delivery: d}
-	data, _, err := decodeBody(s.base, d.Body, d.ContentEncoding, s.lim)
-	if err != nil {
-		c.deadLetter(ack, d, err, 0)
-		return
-	}
-	req.Data = data
-	backoff := s.opts.retry.Backoff
-	for attempt := 1; ; attempt++ {
-		req.Attempt = attempt
-		_, err = c.call(s.base, req)
-		if err == nil {
-			ack.ack(d.DeliveryTag)
-			return
-		}
-		if errorType(err) == TypeBadRequest || attempt >= s.opts.retry.Attempts {
-			c.deadLetter(ack, d, err, attempt)
-			return
-		}
-		s.opts.logger.Debug("handler failed, retrying", "route", c.route, "attempt", attempt, "err", truncate(err.Error(), maxLogText), "in", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-s.base.Done():
-			ack.requeue(d.DeliveryTag)
-			return
-		}
-		backoff = min(backoff*2, s.opts.retry.MaxBackoff)
-	}
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
 
-// RPC is a request/reply worker: each route is a non-durable queue whose
-// requests are answered to their reply_to with their correlation_id. Several
-// processes running the same routes share the work (competing consumers).
+// RPC is a request/reply worker: each route is a queue (classic and
+// non-durable, as the seed declared them, unless [WithQueueType]) whose
+// requests are answered to their reply_to with their correlation_id.
+// Several processes running the same routes share the work (competing
+// consumers).
 //
-// Register routes with Handle before Start. Up to the prefetch
-// ([WithPrefetch], default 200) requests per route run at once.
+// Register routes with Handle, and middleware with Use, before Start. Up to
+// the prefetch ([WithPrefetch], default 200) requests per route run at
+// once.
 type RPC struct{ s *server }
 
-// NewRPC returns an RPC worker on conn. Options: [WithPrefetch],
-// [WithLogger], [WithDevelopment], [WithDrainTimeout], [WithMaxBodySize].
-func NewRPC(conn *Conn, opts ...Option) *RPC { return &RPC{newServer(conn, kindRPC, opts)} }
+// NewRPC returns an RPC worker on conn.
+func NewRPC(conn *Conn, opts ...RPCOption) *RPC {
+	return &RPC{newServer(conn, kindRPC, rpcOptions(opts))}
+}
 
-// Handle registers h for route. It panics when route is empty, registered
-// twice or the worker has started.
-func (r *RPC) Handle(route string, h Handler) { r.s.handle(route, h) }
+// Handle registers h for route, inside mws (the first outermost) and the
+// worker's middleware. It panics when route is empty or reserved (amq.),
+// registered twice, or the worker has started.
+func (r *RPC) Handle(route string, h Handler, mws ...Middleware) { r.s.handle(route, h, mws) }
 
 // HandleFunc registers f for route, like Handle(route, HandlerFunc(f)).
-func (r *RPC) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error)) {
-	r.s.handle(route, HandlerFunc(f))
+func (r *RPC) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error), mws ...Middleware) {
+	r.s.handle(route, HandlerFunc(f), mws)
 }
+
+// Use adds middleware around every route, the first outermost, outside the
+// worker's own (see [Middleware]): it runs once per delivery. It panics
+// after Start.
+func (r *RPC) Use(mws ...Middleware) { r.s.useMiddleware(mws) }
 
 // Start declares the routes' queues and starts consuming them. It returns
 // once every route is consuming, or an error naming the route that failed;
@@ -651,26 +489,32 @@ func (r *RPC) StopIntake(ctx context.Context) error {
 	return nil
 }
 
-// Queue is a work-queue worker: each route is a durable queue of persistent
-// messages. A handler failure is retried ([WithRetry], default
-// [DefaultRetry]); after the last attempt, or at once for a message that
-// does not decode or fails with [ErrBadRequest], the message goes to the
-// durable queue "<route>.dlq" with the error in its headers ([HeaderError],
-// [HeaderErrorType], [HeaderAttempts], [HeaderRoute]), and only then is it
-// acked. A message that arrives with a reply_to gets no reply.
+// Queue is a work-queue worker: each route is a durable queue (quorum
+// unless [WithQueueType]) of persistent messages. A handler failure is
+// retried ([WithRetry], default [DefaultRetry]); after the last attempt, or
+// at once for a message that does not decode or fails with a BadRequest,
+// the message goes to the durable queue "<route>.dlq" with the failure in
+// its headers ([HeaderError], [HeaderErrorType], [HeaderErrorID],
+// [HeaderAttempts], [HeaderRoute]), and only then is it acked. A message
+// that arrives with a reply_to gets no reply.
 type Queue struct{ s *server }
 
-// NewQueue returns a queue worker on conn. Options: [WithPrefetch],
-// [WithLogger], [WithRetry], [WithDrainTimeout], [WithMaxBodySize].
-func NewQueue(conn *Conn, opts ...Option) *Queue { return &Queue{newServer(conn, kindQueue, opts)} }
+// NewQueue returns a queue worker on conn.
+func NewQueue(conn *Conn, opts ...QueueOption) *Queue {
+	return &Queue{newServer(conn, kindQueue, queueOptions(opts))}
+}
 
-// Handle registers h for route; see [RPC.Handle].
-func (q *Queue) Handle(route string, h Handler) { q.s.handle(route, h) }
+// Handle registers h for route, inside mws; see [RPC.Handle].
+func (q *Queue) Handle(route string, h Handler, mws ...Middleware) { q.s.handle(route, h, mws) }
 
 // HandleFunc registers f for route, like Handle(route, HandlerFunc(f)).
-func (q *Queue) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error)) {
-	q.s.handle(route, HandlerFunc(f))
+func (q *Queue) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error), mws ...Middleware) {
+	q.s.handle(route, HandlerFunc(f), mws)
 }
+
+// Use adds middleware around every route, outside the worker's own and so
+// outside its retries: it runs once per delivery. It panics after Start.
+func (q *Queue) Use(mws ...Middleware) { q.s.useMiddleware(mws) }
 
 // Start declares the routes' queues and dead-letter queues and starts
 // consuming; see [RPC.Start].

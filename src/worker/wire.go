@@ -58,60 +58,40 @@ func decodeBody(ctx context.Context, body []byte, contentEncoding string, lim li
 	return data, gz, err
 }
 
-// unwrapData validates a JSON envelope {"data": ...} and returns its data.
+// unwrapData validates a JSON envelope {"data": ...} and returns its data,
+// reading the body once: JSON syntax, UTF-8 and nesting depth are checked
+// by the same pass that finds the data member.
 func unwrapData(body []byte, maxDepth int) (json.RawMessage, error) {
-	if !utf8.Valid(body) {
-		return nil, badRequest("body is not valid UTF-8 (first bad byte at offset %d)", firstInvalidUTF8(body))
-	}
-	if err := checkDepth(body, maxDepth); err != nil {
-		return nil, err
-	}
-	trimmed := bytes.TrimLeft(body, " \t\r\n")
-	if len(trimmed) == 0 {
+	sc := scanner{b: body, maxDepth: maxDepth}
+	sc.space()
+	if sc.i == len(body) {
 		return nil, badRequest(`body is empty: send a JSON object {"data": ...}`)
 	}
-	if trimmed[0] != '{' {
-		if !json.Valid(body) {
-			return nil, badRequest(`body is not JSON: send a JSON object {"data": ...}`)
+	if body[sc.i] != '{' {
+		if sc.value(0) == nil && sc.end() == nil {
+			return nil, badRequest(`body is JSON but not an object: send {"data": ...}`)
 		}
-		return nil, badRequest(`body is JSON but not an object: send {"data": ...}`)
-	}
-	if !json.Valid(body) {
-		var v any
-		err := json.Unmarshal(body, &v)
-		var syn *json.SyntaxError
-		if errors.As(err, &syn) {
-			return nil, badRequest("body is not JSON: %v at offset %d", syn, syn.Offset)
+		if sc.err != nil {
+			return nil, sc.err
 		}
-		return nil, badRequest("body is not JSON: %v", err)
+		return nil, badRequest(`body is not JSON: send a JSON object {"data": ...}`)
 	}
-	data := member(trimmed, "data")
+	var data json.RawMessage
+	err := sc.object(1, func(key []byte, start, end int) {
+		if isKey(key, "data") {
+			data = body[start:end] // the last one, as encoding/json keeps
+		}
+	})
+	if err == nil {
+		err = sc.end()
+	}
+	if err != nil {
+		return nil, err
+	}
 	if data == nil {
 		return nil, badRequest(`body has no "data" member: send {"data": ...}`)
 	}
 	return data, nil
-}
-
-// member returns the value of the top-level member name of obj, a valid
-// JSON object (the last one when repeated), or nil.
-func member(obj []byte, name string) json.RawMessage {
-	var data json.RawMessage
-	i := skipSpace(obj, 1) // past '{'
-	for i < len(obj) && obj[i] != '}' {
-		keyEnd := skipValue(obj, i)
-		key := obj[i:keyEnd]
-		i = skipSpace(obj, keyEnd)
-		i = skipSpace(obj, i+1) // past ':'
-		valEnd := skipValue(obj, i)
-		if isKey(key, name) {
-			data = obj[i:valEnd]
-		}
-		i = skipSpace(obj, valEnd)
-		if i < len(obj) && obj[i] == ',' {
-			i = skipSpace(obj, i+1)
-		}
-	}
-	return data
 }
 
 // isKey reports whether the quoted JSON string key is name.
@@ -126,93 +106,250 @@ func isKey(key []byte, name string) bool {
 	return json.Unmarshal(key, &k) == nil && k == name
 }
 
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
+// scanner validates JSON (RFC 8259) in one pass, with a bound on nesting.
+type scanner struct {
+	b        []byte
+	i        int
+	maxDepth int
+	err      error // the first error, kept for the caller
 }
 
-// skipValue returns the end of the valid JSON value starting at b[i].
-func skipValue(b []byte, i int) int {
-	depth, inString, escaped := 0, false, false
-	for ; i < len(b); i++ {
-		c := b[i]
-		if inString {
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-				if depth == 0 {
-					return i + 1
+func (s *scanner) fail(format string, args ...any) error {
+	if s.err == nil {
+		s.err = badRequest(format, args...)
+	}
+	return s.err
+}
+
+func (s *scanner) syntax(what string) error {
+	if s.i >= len(s.b) {
+		return s.fail("body is not JSON: unexpected end of JSON input at offset %d", s.i)
+	}
+	return s.fail("body is not JSON: %s at offset %d", what, s.i)
+}
+
+func (s *scanner) space() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// end checks that nothing but white space follows the value.
+func (s *scanner) end() error {
+	s.space()
+	if s.i != len(s.b) {
+		return s.syntax("invalid character after the top-level value")
+	}
+	return nil
+}
+
+// value scans one value nested depth levels deep.
+func (s *scanner) value(depth int) error {
+	s.space()
+	if s.i >= len(s.b) {
+		return s.syntax("")
+	}
+	switch c := s.b[s.i]; {
+	case c == '{':
+		return s.object(depth+1, nil)
+	case c == '[':
+		return s.array(depth + 1)
+	case c == '"':
+		return s.str()
+	case c == '-' || (c >= '0' && c <= '9'):
+		return s.number()
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	}
+	return s.syntax(fmt.Sprintf("invalid character %q looking for a value", s.b[s.i]))
+}
+
+func (s *scanner) deep(depth int) error {
+	if depth > s.maxDepth {
+		return s.fail("JSON nested more than %d levels deep (at offset %d)", s.maxDepth, s.i)
+	}
+	return nil
+}
+
+// object scans an object at s.i; member, when not nil, is told each key
+// (quotes included) and its value's span.
+func (s *scanner) object(depth int, member func(key []byte, start, end int)) error {
+	if err := s.deep(depth); err != nil {
+		return err
+	}
+	s.i++ // '{'
+	s.space()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+		return nil
+	}
+	for {
+		s.space()
+		if s.i >= len(s.b) || s.b[s.i] != '"' {
+			return s.syntax("looking for an object key")
+		}
+		keyStart := s.i
+		if err := s.str(); err != nil {
+			return err
+		}
+		key := s.b[keyStart:s.i]
+		s.space()
+		if s.i >= len(s.b) || s.b[s.i] != ':' {
+			return s.syntax("looking for ':' after an object key")
+		}
+		s.i++
+		s.space()
+		start := s.i
+		if err := s.value(depth); err != nil {
+			return err
+		}
+		if member != nil {
+			member(key, start, s.i)
+		}
+		s.space()
+		if s.i >= len(s.b) {
+			return s.syntax("")
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+		case '}':
+			s.i++
+			return nil
+		default:
+			return s.syntax("looking for ',' or '}' in an object")
+		}
+	}
+}
+
+func (s *scanner) array(depth int) error {
+	if err := s.deep(depth); err != nil {
+		return err
+	}
+	s.i++ // '['
+	s.space()
+	if s.i < len(s.b) && s.b[s.i] == ']' {
+		s.i++
+		return nil
+	}
+	for {
+		if err := s.value(depth); err != nil {
+			return err
+		}
+		s.space()
+		if s.i >= len(s.b) {
+			return s.syntax("")
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+		case ']':
+			s.i++
+			return nil
+		default:
+			return s.syntax("looking for ',' or ']' in an array")
+		}
+	}
+}
+
+// str scans a string at s.i: escapes, no control characters, valid UTF-8.
+func (s *scanner) str() error {
+	s.i++ // opening quote
+	for s.i < len(s.b) {
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			s.i++
+			return nil
+		case c == '\\':
+			if s.i+1 >= len(s.b) {
+				return s.syntax("")
+			}
+			switch s.b[s.i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				s.i += 2
+			case 'u':
+				if s.i+6 > len(s.b) {
+					return s.syntax("")
 				}
+				for _, h := range s.b[s.i+2 : s.i+6] {
+					if !isHex(h) {
+						return s.syntax("invalid \\u escape")
+					}
+				}
+				s.i += 6
+			default:
+				return s.syntax("invalid escape")
 			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			depth++
-		case '}', ']':
-			depth--
-			if depth == 0 {
-				return i + 1
+		case c < 0x20:
+			return s.syntax("control character in a string")
+		case c < utf8.RuneSelf:
+			s.i++
+		default:
+			r, n := utf8.DecodeRune(s.b[s.i:])
+			if r == utf8.RuneError && n == 1 {
+				return s.fail("body is not valid UTF-8 (first bad byte at offset %d)", s.i)
 			}
-			if depth < 0 { // end of the enclosing object
-				return i
-			}
-		case ',', ' ', '\t', '\n', '\r':
-			if depth == 0 {
-				return i
-			}
+			s.i += n
 		}
 	}
-	return i
+	return s.syntax("")
 }
 
-func firstInvalidUTF8(b []byte) int {
-	for i := 0; i < len(b); {
-		r, n := utf8.DecodeRune(b[i:])
-		if r == utf8.RuneError && n == 1 {
-			return i
-		}
-		i += n
-	}
-	return -1
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
 }
 
-// checkDepth rejects JSON nested deeper than max levels. It does not
-// validate the JSON otherwise.
-func checkDepth(b []byte, max int) error {
-	depth, inString, escaped := 0, false, false
-	for i, c := range b {
-		if inString {
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			depth++
-			if depth > max {
-				return badRequest("JSON nested more than %d levels deep (at offset %d)", max, i)
-			}
-		case '}', ']':
-			depth--
+func (s *scanner) digits() int {
+	start := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	return s.i - start
+}
+
+// number scans -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?.
+func (s *scanner) number() error {
+	if s.b[s.i] == '-' {
+		s.i++
+	}
+	if s.i < len(s.b) && s.b[s.i] == '0' {
+		s.i++
+	} else if s.digits() == 0 {
+		return s.syntax("invalid number")
+	}
+	if s.i < len(s.b) && s.b[s.i] == '.' {
+		s.i++
+		if s.digits() == 0 {
+			return s.syntax("invalid number")
 		}
 	}
+	if s.i < len(s.b) && (s.b[s.i] == 'e' || s.b[s.i] == 'E') {
+		s.i++
+		if s.i < len(s.b) && (s.b[s.i] == '+' || s.b[s.i] == '-') {
+			s.i++
+		}
+		if s.digits() == 0 {
+			return s.syntax("invalid number")
+		}
+	}
+	return nil
+}
+
+func (s *scanner) literal(word string) error {
+	if !bytes.HasPrefix(s.b[s.i:], []byte(word)) {
+		return s.syntax(fmt.Sprintf("invalid literal, want %s", word))
+	}
+	s.i += len(word)
 	return nil
 }
 
@@ -357,20 +494,56 @@ func decodeReply(route string, body []byte, lim limits) (json.RawMessage, error)
 		defer release()
 		body = inflated
 	}
-	obj := bytes.TrimLeft(body, " \t\r\n")
-	if !json.Valid(obj) || len(obj) == 0 || obj[0] != '{' {
-		return nil, fmt.Errorf("reply from route %q is not a JSON envelope: %.100q", route, body)
+	var success, data, errMember json.RawMessage
+	sc := scanner{b: body, maxDepth: lim.maxDepth}
+	sc.space()
+	err := errors.New("not an object")
+	if sc.i < len(body) && body[sc.i] == '{' {
+		err = sc.object(1, func(key []byte, start, end int) {
+			switch {
+			case isKey(key, "success"):
+				success = body[start:end]
+			case isKey(key, "data"):
+				data = body[start:end]
+			case isKey(key, "error"):
+				errMember = body[start:end]
+			}
+		})
+		if err == nil {
+			err = sc.end()
+		}
 	}
-	if string(member(obj, "success")) == "true" {
-		data := member(obj, "data")
+	if err != nil {
+		return nil, fmt.Errorf("reply from route %q is not a JSON envelope (%v): %.100q", route, err, body)
+	}
+	if string(success) == "true" {
 		if data == nil {
 			data = json.RawMessage("null")
 		}
 		return data, nil
 	}
 	var we wireError
-	if e := member(obj, "error"); e == nil || json.Unmarshal(e, &we) != nil {
+	if errMember == nil || json.Unmarshal(errMember, &we) != nil {
 		return nil, &RemoteError{Route: route, Type: TypeError, Message: "failure reply without a valid error member"}
 	}
 	return nil, &RemoteError{Route: route, Type: we.Type, Message: we.Message, ID: we.ID, GoType: we.GoType, Trace: we.Trace}
+}
+
+// Encoding is how a [Client] encodes the bodies it sends.
+type Encoding int
+
+const (
+	// Gzip: the JSON gzip-compressed, content type application/octet-stream,
+	// as lib-python-amqp-worker sends it and requires it.
+	Gzip Encoding = iota
+	// JSON: plain JSON, content type application/json.
+	JSON
+)
+
+// encode puts body in e, returning it and its content type.
+func (e Encoding) encode(body []byte) ([]byte, string) {
+	if e == Gzip {
+		return gzipBytes(body), ContentGzip
+	}
+	return body, ContentJSON
 }

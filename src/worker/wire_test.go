@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func gz(b []byte) []byte {
@@ -57,8 +58,8 @@ func TestDecodeBody(t *testing.T) {
 			if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), tc.errPart) {
 				t.Fatalf("err = %v, want BadRequest containing %q", err, tc.errPart)
 			}
-			if errorType(err) != TypeBadRequest {
-				t.Fatalf("errorType = %q", errorType(err))
+			if DefaultErrorType(err) != TypeBadRequest {
+				t.Fatalf("errorType = %q", DefaultErrorType(err))
 			}
 		})
 	}
@@ -81,8 +82,8 @@ func TestErrorType(t *testing.T) {
 		{&RemoteError{Type: "NotFound"}, "NotFound"}, // relayed errors keep their type
 	}
 	for _, tc := range cases {
-		if got := errorType(tc.err); got != tc.want {
-			t.Errorf("errorType(%v) = %q, want %q", tc.err, got, tc.want)
+		if got := DefaultErrorType(tc.err); got != tc.want {
+			t.Errorf("DefaultErrorType(%v) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
 	if !errors.Is(&RemoteError{Type: TypeBadRequest}, ErrBadRequest) || errors.Is(&RemoteError{Type: "X"}, ErrBadRequest) {
@@ -143,7 +144,7 @@ func TestFuncAdapter(t *testing.T) {
 	}
 	j := Job(func(_ context.Context, s string) error { return Errorf("Conflict", "dup %s", s) })
 	_, err = j.Serve(context.Background(), &Request{Data: json.RawMessage(`"a"`)})
-	if errorType(err) != "Conflict" || err.Error() != "dup a" {
+	if DefaultErrorType(err) != "Conflict" || err.Error() != "dup a" {
 		t.Fatalf("job error = %v", err)
 	}
 }
@@ -164,6 +165,13 @@ func FuzzDecodeRequest(f *testing.F) {
 		if err != nil {
 			if !errors.Is(err, ErrBadRequest) {
 				t.Fatalf("failure is not a BadRequest: %v", err)
+			}
+			// What encoding/json takes as an envelope with data, within the
+			// limits, the scanner takes too.
+			var m map[string]json.RawMessage
+			if enc == "" && !bytes.HasPrefix(body, gzipMagic) && len(body) <= int(lim.maxBody) && utf8.Valid(body) &&
+				json.Unmarshal(body, &m) == nil && m["data"] != nil && depthOf(body) <= lim.maxDepth {
+				t.Fatalf("encoding/json reads %q as an envelope with data, the scanner refused it: %v", body, err)
 			}
 			return
 		}
@@ -199,4 +207,29 @@ func compact(b []byte) []byte {
 	var buf bytes.Buffer
 	_ = json.Compact(&buf, b)
 	return buf.Bytes()
+}
+
+// depthOf is the deepest nesting of objects and arrays in b, outside
+// strings.
+func depthOf(b []byte) int {
+	depth, deepest, inString, escaped := 0, 0, false, false
+	for _, c := range b {
+		switch {
+		case inString && escaped:
+			escaped = false
+		case inString && c == '\\':
+			escaped = true
+		case inString && c == '"':
+			inString = false
+		case inString:
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+			deepest = max(deepest, depth)
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return deepest
 }
