@@ -100,7 +100,6 @@ func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 // Unwrap returns the driver's error, if the database refused the input.
 func (e *InvalidError) Unwrap() error { return e.Err }
 
-
 // classify turns driver errors into this package's errors: no rows becomes
 // a NotFoundError, a unique violation a ConflictError, a constraint or data
 // error an InvalidError. Other errors pass through unchanged. table and id
