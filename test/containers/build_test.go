@@ -41,7 +41,9 @@ func copyProject(t *testing.T, e *engine) *project {
 	p := &project{
 		machine: filepath.Join(root, "test", "containers", "machine.compose.yaml"),
 		ports:   filepath.Join(root, "test", "containers", "machine.ports.compose.yaml"),
-		uid:     1001, gid: 1001,
+		// The uid of the Dockerfile's dev user: the checkout is the user's,
+		// and the dev user must own it (Air writes tmp/, git reads .git).
+		uid: 1000, gid: 1000,
 	}
 	for _, f := range []string{os.Getenv("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt"} {
 		if f != "" {
@@ -140,8 +142,12 @@ func buildImages(t *testing.T, e *engine, p *project) {
 	if err := json.Unmarshal([]byte(out), &cfg); err != nil {
 		t.Fatalf("docker image inspect %s: %v", runtimeImage, err)
 	}
+	var health []string
+	if cfg.Config.Healthcheck != nil {
+		health = cfg.Config.Healthcheck.Test
+	}
 	note("runtime image: %.1f MB (%d bytes), user %q, entrypoint %q, healthcheck %q",
-		float64(cfg.Size)/1e6, cfg.Size, cfg.Config.User, cfg.Config.Entrypoint, cfg.Config.Healthcheck)
+		float64(cfg.Size)/1e6, cfg.Size, cfg.Config.User, cfg.Config.Entrypoint, health)
 	if uid, _, _ := strings.Cut(cfg.Config.User, ":"); uid == "" || uid == "0" || uid == "root" {
 		t.Errorf("the runtime image runs as %q: root", cfg.Config.User)
 	}

@@ -62,9 +62,6 @@ func composeStack(t *testing.T, e *engine, p *project) {
 		"CONTAINERS_AMQP_PORT=" + strconv.Itoa(s.amqp),
 		"CONTAINERS_MANAGEMENT_PORT=" + strconv.Itoa(s.mgmt),
 		"CONTAINERS_POSTGRES_PORT=" + strconv.Itoa(s.pg),
-		// The checkout belongs to uid 1001 here: the dev user must be the
-		// same to write tmp/ and for git to read the repository.
-		"DEV_UID=" + strconv.Itoa(p.uid), "DEV_GID=" + strconv.Itoa(p.gid),
 	}
 	if p.caBundle == "" {
 		t.Fatal("no CA bundle on this machine (SSL_CERT_FILE, /etc/ssl/certs/ca-certificates.crt): machine.compose.yaml passes it to builds")
@@ -111,6 +108,10 @@ func composeStack(t *testing.T, e *engine, p *project) {
 			"DB_HOST=127.0.0.1", "DB_PORT=" + strconv.Itoa(s.pg),
 			"DB_USER=service_app", "DB_PASS=service_app", "DB_NAME=service",
 		}
+		// The suite reads the app's log through this command: it must work.
+		if out, err := e.cmdIn(t, "", nil, time.Minute, "compose-e2e", "sh", "-c", s.logsCommand()); err != nil || !strings.Contains(out, "service running") {
+			t.Fatalf("E2E_SERVICE_LOGS does not print the app's log (%v):\n%s", err, tail(out, 20))
+		}
 		out, err := e.cmdIn(t, moduleRoot(t), env, 15*time.Minute, "compose-e2e", "go", "test", "-count=1", "-v", "-run", "^TestService$", "./test/")
 		if err != nil {
 			t.Fatal(err)
@@ -130,11 +131,11 @@ func composeStack(t *testing.T, e *engine, p *project) {
 // logsCommand is a shell command printing the app's log, for E2E_SERVICE_LOGS.
 func (s *stack) logsCommand() string {
 	var b strings.Builder
+	b.WriteString("cd " + shellQuote(s.p.dir) + " && ")
 	for _, kv := range append(append([]string{}, s.e.env...), s.env...) {
 		k, v, _ := strings.Cut(kv, "=")
 		fmt.Fprintf(&b, "%s=%s ", k, shellQuote(v))
 	}
-	b.WriteString("cd " + shellQuote(s.p.dir) + " && ")
 	for _, a := range s.e.compose {
 		b.WriteString(shellQuote(a) + " ")
 	}
@@ -242,7 +243,7 @@ func (s *stack) runRuntime(t *testing.T) {
 		return
 	}
 	step(t, "runtime: runs as non-root, HEALTHCHECK healthy", func() {
-		out := s.e.mustDocker(t, time.Minute, "runtime", "top", name, "-o", "uid,comm")
+		out := s.e.mustDocker(t, time.Minute, "runtime", "top", name, "-o", "pid,uid,comm")
 		if !strings.Contains(out, "65532") {
 			t.Errorf("docker top %s: the service is not uid 65532:\n%s", name, out)
 		}

@@ -57,10 +57,6 @@ func devcontainer(t *testing.T, e *engine, p *project) {
 		return
 	}
 	d.wrappers = writeShims(t, e, p)
-	// The CLI runs as root here, and gives the container's dev user root's
-	// uid only when it is not 0: a checkout owned by uid 1000 is what a
-	// typical Linux user has (updateRemoteUserUID maps other uids).
-	chownTree(t, p.dir, 1000, 1000)
 	t.Cleanup(func() { d.down(t) })
 
 	step(t, "devcontainer: up", func() {

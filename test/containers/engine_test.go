@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,15 +58,17 @@ func (e *engine) cmdIn(t *testing.T, dir string, extraEnv []string, timeout time
 	c.Env = append(append(os.Environ(), e.env...), extraEnv...)
 	c.WaitDelay = 10 * time.Second
 	var out bytes.Buffer
-	c.Stdout, c.Stderr = &out, &out
-	err := c.Run()
+	var w io.Writer = &out
 	if e.logs != "" && logName != "" {
-		f, ferr := os.OpenFile(filepath.Join(e.logs, logName+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if ferr == nil {
-			fmt.Fprintf(f, "$ %s %s\n%s\n", name, strings.Join(args, " "), out.String())
-			_ = f.Close()
+		// The log grows as the command runs: `tail -f` shows a long build.
+		if f, err := os.OpenFile(filepath.Join(e.logs, logName+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+			defer f.Close()
+			fmt.Fprintf(f, "$ %s %s\n", name, strings.Join(args, " "))
+			w = io.MultiWriter(&out, f)
 		}
 	}
+	c.Stdout, c.Stderr = w, w
+	err := c.Run()
 	if ctx.Err() == context.DeadlineExceeded {
 		return out.String(), fmt.Errorf("%s %s: still running after %s: %w", name, strings.Join(args, " "), timeout, ctx.Err())
 	}

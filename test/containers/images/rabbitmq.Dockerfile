@@ -12,6 +12,11 @@ RUN apt-get update \
 ENV RABBITMQ_LOGS=- \
     HOME=/var/lib/rabbitmq
 EXPOSE 4369 5672 15672 15692 25672
-# Debian's /usr/sbin wrappers switch to the rabbitmq user themselves, for
-# the server and for the CLI tools (so both share its Erlang cookie).
-CMD ["rabbitmq-server"]
+# As the rabbitmq user, the server the VM's own script (PID 1: it stops
+# cleanly on docker stop's SIGTERM; Debian's /usr/sbin wrapper would keep
+# su in between, which does not pass SIGTERM on, and log to a file). The CLI
+# tools (rabbitmq-diagnostics for the health check, rabbitmqctl) run as the
+# same user and share its Erlang cookie.
+USER rabbitmq
+WORKDIR /var/lib/rabbitmq
+CMD ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
