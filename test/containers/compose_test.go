@@ -55,8 +55,10 @@ func composeStack(t *testing.T, e *engine, p *project) {
 	if t.Failed() || p == nil {
 		return
 	}
-	s := &stack{e: e, p: p, amqp: freePort(t), mgmt: freePort(t), pg: freePort(t),
-		files: []string{"compose.yaml", p.machine, p.ports}}
+	s := &stack{
+		e: e, p: p, amqp: freePort(t), mgmt: freePort(t), pg: freePort(t),
+		files: []string{"compose.yaml", p.machine, p.ports},
+	}
 	s.env = []string{
 		"CONTAINERS_CA_BUNDLE=" + p.caBundle,
 		"CONTAINERS_AMQP_PORT=" + strconv.Itoa(s.amqp),
@@ -298,7 +300,7 @@ func waitHello(t *testing.T, broker worker.Config, want string, timeout time.Dur
 	var lastErr error
 	var last string
 	for ctx.Err() == nil {
-		if err := func() error {
+		err := func() error {
 			dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
 			defer dcancel()
 			conn, err := worker.Dial(dctx, broker, worker.WithName("containers"))
@@ -321,11 +323,11 @@ func waitHello(t *testing.T, broker worker.Config, want string, timeout time.Dur
 				time.Sleep(100 * time.Millisecond)
 			}
 			return ctx.Err()
-		}(); err == nil {
+		}()
+		if err == nil {
 			return
-		} else {
-			lastErr = err
 		}
+		lastErr = err
 		time.Sleep(500 * time.Millisecond)
 	}
 	u := url.URL{Scheme: "amqp", Host: fmt.Sprintf("%s:%d", broker.Host, broker.Port), Path: "/" + broker.VHost}

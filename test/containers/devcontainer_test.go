@@ -32,9 +32,11 @@ type dev struct {
 // devArgs are the flags every devcontainer command of the run takes: the
 // workspace, and this machine's shims for docker and compose.
 func (d *dev) devArgs() []string {
-	return []string{"--workspace-folder", d.p.dir,
+	return []string{
+		"--workspace-folder", d.p.dir,
 		"--docker-path", filepath.Join(d.wrappers, "docker"),
-		"--docker-compose-path", filepath.Join(d.wrappers, "docker-compose")}
+		"--docker-compose-path", filepath.Join(d.wrappers, "docker-compose"),
+	}
 }
 
 func (d *dev) run(t *testing.T, timeout time.Duration, logName string, args ...string) (string, error) {

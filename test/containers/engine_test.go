@@ -25,9 +25,7 @@ const (
 	devcontainerCLI = "@devcontainers/cli@0.89.0"
 )
 
-var (
-	runCtx, cancelAll = context.WithCancel(context.Background())
-)
+var runCtx, cancelAll = context.WithCancel(context.Background())
 
 // engine is the Docker engine the run uses and how to reach it.
 type engine struct {

@@ -68,5 +68,8 @@ func run(route, want string, since int64, timeout time.Duration) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("no reply %q from %s within %s (last reply %q, last error %v)", want, route, timeout, last, lastErr)
+	if lastErr != nil {
+		return fmt.Errorf("no reply %q from %s within %s (last reply %q): %w", want, route, timeout, last, lastErr)
+	}
+	return fmt.Errorf("no reply %q from %s within %s: the last reply was %q", want, route, timeout, last)
 }
