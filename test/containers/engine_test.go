@@ -220,7 +220,7 @@ const (
 func (e *engine) startOwn(t *testing.T) {
 	if _, err := exec.LookPath("dockerd"); err != nil {
 		if os.Geteuid() != 0 {
-			t.Fatal("no Docker engine answers and dockerd is not installed; run as root (to install Debian's docker.io) or start Docker and set DOCKER_HOST")
+			t.Fatal("no Docker engine answers and dockerd is not installed; run as root (to install Docker from Debian's packages) or start Docker and set DOCKER_HOST")
 		}
 		aptInstall(t, e, "docker.io", "containerd", "runc")
 	}
@@ -229,7 +229,7 @@ func (e *engine) startOwn(t *testing.T) {
 	// falls back to the legacy builder, which refuses RUN --mount).
 	client := "/usr/bin/docker"
 	if _, err := os.Stat(client); err != nil {
-		t.Fatalf("dockerd is installed but %s is not: install Debian's docker.io", client)
+		t.Fatalf("dockerd is installed but %s is not: install Docker from Debian's packages", client)
 	}
 	if err := os.MkdirAll(ownRun, 0o755); err != nil {
 		t.Fatal(err)

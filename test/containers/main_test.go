@@ -6,7 +6,7 @@
 // the devcontainer with the Dev Containers CLI and runs the e2e suite and a
 // hot reload inside it. `go tool task test:containers` runs it (CI too).
 //
-// Where no Docker engine answers, it installs Debian's (docker.io) and starts
+// Where no Docker engine answers, it installs Debian's Docker packages and starts
 // one of its own, with its own data root, exec root and socket under
 // /var/lib/service-containers and /run/service-containers, and stops it at
 // the end. That engine reaches no image registry, so the base images the
