@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # Stages:
 #   dev      Go toolchain plus the project's tools (task, air) already built;
 #            compose.yaml and the devcontainer run the service from the
@@ -8,6 +6,16 @@
 #            module and build caches kept between builds.
 #   runtime  that binary alone on scratch, as a non-root user. The default
 #            target: `go tool task build` or `docker build -t service .`.
+#
+# No `# syntax=` line: the Dockerfile frontend built into BuildKit (Docker
+# 20.10 and later) has every feature used here, and a syntax line would make
+# each build fetch a frontend image from a registry.
+#
+# Behind a proxy that re-signs TLS with its own CA, module downloads fail
+# with "x509: certificate signed by unknown authority". Pass the host's CA
+# bundle as a build secret and the downloads trust it (the images do not
+# keep it):
+#   docker build --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt .
 
 ARG GO_VERSION=1.26
 
@@ -25,11 +33,15 @@ RUN apt-get update \
  && chown -R "${USERNAME}:${USERNAME}" "/home/${USERNAME}/.cache" /workspace
 USER ${USERNAME}
 WORKDIR /workspace
-# Only go.mod and go.sum: the source is mounted at run time. The tools go to
-# /go/bin (on PATH as `task` and `air`) and into the build cache, so
+# Only go.mod, go.sum and the Task launcher with its own modfile
+# (src/internal/tools/task): the source is mounted at run time. The tools go
+# to /go/bin (on PATH as `task` and `air`) and into the build cache, so
 # `go tool task` and `go tool air` start at once.
 COPY --chown=${USERNAME}:${USERNAME} go.mod go.sum ./
-RUN go mod download \
+COPY --chown=${USERNAME}:${USERNAME} src/internal/tools/task ./src/internal/tools/task
+RUN --mount=type=secret,id=ca-certificates,mode=0444 \
+    if [ -s /run/secrets/ca-certificates ]; then export SSL_CERT_FILE=/run/secrets/ca-certificates; fi \
+ && go mod download \
  && go install tool \
  && go tool task --version \
  && go tool air -v
@@ -42,7 +54,9 @@ COPY go.mod go.sum ./
 COPY src ./src
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/service ./src
+    --mount=type=secret,id=ca-certificates \
+    if [ -s /run/secrets/ca-certificates ]; then export SSL_CERT_FILE=/run/secrets/ca-certificates; fi \
+ && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/service ./src
 
 FROM scratch AS runtime
 # CA certificates, for brokers or databases reached over TLS.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"example.com/service/src/testenv"
 	"example.com/service/test/stack"
 )
 
@@ -73,7 +74,7 @@ func TestUnreachableAtStart(t *testing.T) {
 	for _, tc := range []struct {
 		name, setting, want string
 	}{
-		{"RabbitMQ", "BROKER_PORT", "cannot reach RabbitMQ at localhost:%s as guest"},
+		{"RabbitMQ", "BROKER_PORT", "cannot reach RabbitMQ at localhost:%s as " + testenv.Env("BROKER_USER", "guest")},
 		{"PostgreSQL", "DB_PORT", "cannot reach PostgreSQL at localhost:%s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -108,6 +108,9 @@ type Env struct {
 // when the test ends.
 func NewEnv(t testing.TB, b *Binaries) Env {
 	t.Helper()
+	if External() {
+		return externalEnv(t)
+	}
 	testenv.RequireBroker(t)
 	roles, applyRoles := newRoles(t, b.Root)
 	e := Env{VHost: NewVHost(t), Database: testenv.CreateDatabase(t, "e2e_"), Roles: roles}
@@ -192,10 +195,11 @@ func childEnv() []string {
 
 // Process is a running service.
 type Process struct {
-	cmd  *exec.Cmd
-	logs *testenv.Buffer
-	done chan struct{}
-	err  error // the result of Wait, set before done closes
+	cmd      *exec.Cmd
+	logs     *testenv.Buffer
+	done     chan struct{}
+	err      error // the result of Wait, set before done closes
+	external bool  // a service already running (see External)
 }
 
 // Start runs the service in env with extra environment variables (KEY=value)
@@ -206,6 +210,9 @@ type Process struct {
 // failed.
 func Start(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 	t.Helper()
+	if External() {
+		return attach(t, env, extra)
+	}
 	p := Launch(t, b, env, extra...)
 	client := env.Client(t)
 	deadline := time.Now().Add(60 * time.Second)
@@ -227,6 +234,9 @@ func Start(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 // Launch starts the service process without waiting for it to be ready.
 func Launch(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 	t.Helper()
+	if External() {
+		t.Skipf("starts a service process of its own; %s=running drives one that runs already", externalVar)
+	}
 	cmd := exec.Command(b.Service)
 	cmd.Dir = b.Root
 	// Every setting explicit, as production mode wants them.
@@ -314,4 +324,9 @@ func (p *Process) Exited() bool {
 }
 
 // Logs returns what the process wrote so far.
-func (p *Process) Logs() string { return p.logs.String() }
+func (p *Process) Logs() string {
+	if p.external {
+		return externalLogs()
+	}
+	return p.logs.String()
+}

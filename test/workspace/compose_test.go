@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -82,9 +83,13 @@ func TestComposeAppEnvironment(t *testing.T) {
 		"BROKER_PORT": "5672",
 		"DB_HOST":     "postgres",
 		"DB_PORT":     "5432",
-		"DB_USER":     env(pg, "POSTGRES_USER"),
-		"DB_PASS":     env(pg, "POSTGRES_PASSWORD"),
-		"DB_NAME":     env(pg, "POSTGRES_DB"),
+		// The roles postgres creates at first boot (migrations/roles.sql):
+		// the service as the DML-only app role, manage as the owner.
+		"DB_USER":       env(pg, "SERVICE_DB_APP"),
+		"DB_PASS":       env(pg, "SERVICE_DB_APP_PASSWORD"),
+		"DB_OWNER_USER": env(pg, "SERVICE_DB_OWNER"),
+		"DB_OWNER_PASS": env(pg, "SERVICE_DB_OWNER_PASSWORD"),
+		"DB_NAME":       env(pg, "POSTGRES_DB"),
 	} {
 		if got := env(app, key); got != want || want == "" {
 			t.Errorf("app environment %s = %q, want %q", key, got, want)
@@ -103,6 +108,9 @@ func TestComposeAppEnvironment(t *testing.T) {
 		found = true
 		if u.Algorithm != "rabbit_password_hashing_sha256" || !passwordMatches(u.PasswordHash, pass) {
 			t.Errorf("definitions.json: the password hash of %q (%s) does not match app BROKER_PASS %q", user, u.Algorithm, pass)
+		}
+		if slices.Contains(u.Tags, "administrator") {
+			t.Errorf("definitions.json tags the service's broker user %q administrator; it needs no more than management", user)
 		}
 	}
 	if !found {
@@ -177,6 +185,10 @@ func TestComposePostgres(t *testing.T) {
 			t.Errorf("postgres environment %s is empty", key)
 		}
 	}
+	if env(app(t, p), "DB_USER") == env(pg, "POSTGRES_USER") {
+		t.Errorf("the app connects as the superuser %q; want the DML-only role of migrations/roles.sql", env(pg, "POSTGRES_USER"))
+	}
+	requireRolesInit(t, pg)
 	hc := requireHealthcheck(t, pg, "pg_isready")
 	// pg_isready over TCP, checking the service's database as its user.
 	joined := strings.Join(hc.Test, " ")
@@ -284,6 +296,44 @@ func Example_devcontainerStack() {
 	// postgres network="" depends_on=[]
 	// rabbitmq network="service:postgres" depends_on=[postgres(service_started)]
 	// app network="service:postgres" depends_on=[postgres(service_healthy) rabbitmq(service_healthy)]
+}
+
+func app(t *testing.T, p *types.Project) types.ServiceConfig { return service(t, p, "app") }
+
+// requireRolesInit checks that postgres runs migrations/roles.initdb.sh at
+// first boot (from /docker-entrypoint-initdb.d) with roles.sql mounted where
+// the script reads it, and has every variable the script uses.
+func requireRolesInit(t *testing.T, pg types.ServiceConfig) {
+	t.Helper()
+	dir := root(t)
+	script := filepath.Join(dir, "migrations", "roles.initdb.sh")
+	var scriptTarget string
+	for _, v := range pg.Volumes {
+		if v.Type == "bind" && v.Source == script {
+			scriptTarget = v.Target
+		}
+	}
+	if filepath.Dir(scriptTarget) != "/docker-entrypoint-initdb.d" || filepath.Ext(scriptTarget) != ".sh" {
+		t.Fatalf("postgres does not mount %s as a .sh in /docker-entrypoint-initdb.d: %+v", script, pg.Volumes)
+	}
+	b, err := os.ReadFile(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqlTarget := ""
+	for _, v := range pg.Volumes {
+		if v.Type == "bind" && v.Source == filepath.Join(dir, "migrations", "roles.sql") {
+			sqlTarget = v.Target
+		}
+	}
+	if sqlTarget == "" || !strings.Contains(string(b), "-f "+sqlTarget) {
+		t.Errorf("roles.initdb.sh does not run roles.sql where postgres mounts it (%q)", sqlTarget)
+	}
+	for _, m := range regexp.MustCompile(`\$(\w+)`).FindAllStringSubmatch(string(b), -1) {
+		if env(pg, m[1]) == "" {
+			t.Errorf("roles.initdb.sh uses $%s, which the postgres service does not set", m[1])
+		}
+	}
 }
 
 func hasMount(s types.ServiceConfig, typ, source, target string) bool {

@@ -281,3 +281,49 @@ func unquote(w *syntax.Word) string {
 	}
 	return b.String()
 }
+
+// TestDockerfileBuildsBehindAProxy: no `# syntax=` directive (BuildKit would
+// fetch that frontend from a registry before building anything; the
+// built-in one has every feature used here), and each RUN that downloads
+// modules mounts the optional ca-certificates secret and trusts it, so
+// `docker build --secret id=ca-certificates,src=...` works behind a proxy
+// that re-signs TLS.
+func TestDockerfileBuildsBehindAProxy(t *testing.T) {
+	path := filepath.Join(root(t), "Dockerfile")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "#") {
+			break // directives only come before the first instruction
+		}
+		if k, _, ok := strings.Cut(strings.TrimSpace(strings.TrimPrefix(line, "#")), "="); ok && strings.EqualFold(strings.TrimSpace(k), "syntax") {
+			t.Errorf("Dockerfile has the parser directive %q: every build would fetch that frontend from a registry", line)
+		}
+	}
+	d := parseDockerfile(t, path)
+	for _, name := range []string{"dev", "build"} {
+		found := false
+		for _, run := range commands[*instructions.RunCommand](t, stagesByName(d)[name]) {
+			script := strings.Join(run.CmdLine, " ")
+			if !strings.Contains(script, "go mod download") && !strings.Contains(script, "go build") {
+				continue
+			}
+			found = true
+			secret := false
+			for _, m := range instructions.GetMounts(run) {
+				// BuildKit's parser keeps a secret's id in CacheID.
+				if m.Type == instructions.MountTypeSecret && (m.CacheID == "ca-certificates" || m.Target == "/run/secrets/ca-certificates") {
+					secret = true
+				}
+			}
+			if !secret || !strings.Contains(script, "SSL_CERT_FILE=/run/secrets/ca-certificates") {
+				t.Errorf("stage %s: %q does not mount the ca-certificates secret and trust it (SSL_CERT_FILE)", name, script)
+			}
+		}
+		if !found {
+			t.Errorf("stage %s downloads no modules; update this test", name)
+		}
+	}
+}
