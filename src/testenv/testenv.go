@@ -1,7 +1,10 @@
 // Package testenv gives tests the RabbitMQ broker and PostgreSQL server they
 // run against, read from the same environment variables the service reads
 // (BROKER_HOST, BROKER_PORT, BROKER_USER, BROKER_PASS, BROKER_VHOST, DB_HOST,
-// DB_PORT, DB_USER, DB_PASS, DB_NAME) with the same local defaults.
+// DB_PORT, DB_USER, DB_PASS, DB_NAME) with the same local defaults, and
+// the administrators they create vhosts, databases and roles as
+// (BROKER_ADMIN_USER, BROKER_ADMIN_PASS, DB_ADMIN_USER, DB_ADMIN_PASS; by
+// default the same users).
 //
 // Tests that need a service call [RequireBroker] or [RequirePostgres] first:
 // when the service is unreachable the test fails at once with one line naming
@@ -63,16 +66,40 @@ func PostgresAddr() string {
 	return net.JoinHostPort(Env("DB_HOST", "127.0.0.1"), Env("DB_PORT", "5432"))
 }
 
-// PostgresURL is the postgres:// URL of database on the configured server.
+// PostgresURL is the postgres:// URL of database on the configured server,
+// as the role the tests administer it with: DB_ADMIN_USER and
+// DB_ADMIN_PASS when set (the devcontainer sets the superuser there, as its
+// DB_USER is the service's rows-only role), else DB_USER and DB_PASS.
 func PostgresURL(database string) string {
+	user, pass := DBAdmin()
 	u := url.URL{
 		Scheme:   "postgres",
-		User:     url.UserPassword(Env("DB_USER", "postgres"), Env("DB_PASS", "postgres")),
+		User:     url.UserPassword(user, pass),
 		Host:     PostgresAddr(),
 		Path:     "/" + database,
 		RawQuery: "sslmode=disable",
 	}
 	return u.String()
+}
+
+// DBAdmin returns the user and password the tests create databases and
+// roles as: DB_ADMIN_USER and DB_ADMIN_PASS, else DB_USER and DB_PASS,
+// else postgres/postgres.
+func DBAdmin() (user, pass string) {
+	if u := os.Getenv("DB_ADMIN_USER"); u != "" {
+		return u, os.Getenv("DB_ADMIN_PASS")
+	}
+	return Env("DB_USER", "postgres"), Env("DB_PASS", "postgres")
+}
+
+// BrokerAdmin returns the user and password the tests create vhosts as
+// through the management API: BROKER_ADMIN_USER and BROKER_ADMIN_PASS,
+// else BROKER_USER and BROKER_PASS, else guest/guest.
+func BrokerAdmin() (user, pass string) {
+	if u := os.Getenv("BROKER_ADMIN_USER"); u != "" {
+		return u, os.Getenv("BROKER_ADMIN_PASS")
+	}
+	return Env("BROKER_USER", "guest"), Env("BROKER_PASS", "guest")
 }
 
 // RequireBroker fails the test at once when nothing listens at BrokerAddr.

@@ -90,13 +90,10 @@ func devcontainer(t *testing.T, e *engine, p *project) {
 		}
 	})
 	step(t, "devcontainer: exec go tool task test:e2e", func() {
-		// The tests create vhosts, databases and roles of their own, so
-		// they run as the servers' administrators (admin of
-		// definitions.json, the postgres superuser); the container's
-		// environment is the service's (service, service_app).
-		out := d.exec(t, 25*time.Minute, "devcontainer-e2e",
-			"env", "BROKER_USER=admin", "BROKER_PASS=admin", "DB_USER=postgres", "DB_PASS=postgres", "DB_OWNER_USER=", "DB_OWNER_PASS=",
-			"go", "tool", "task", "test:e2e")
+		// As a user types it: the devcontainer's environment names the
+		// administrators the tests create their vhosts, databases and
+		// roles as (BROKER_ADMIN_*, DB_ADMIN_*).
+		out := d.exec(t, 25*time.Minute, "devcontainer-e2e", "go", "tool", "task", "test:e2e")
 		if !strings.Contains(out, "ok  \texample.com/service/test\t") {
 			t.Errorf("go tool task test:e2e in the devcontainer did not pass the e2e package:\n%s", tail(out, 30))
 		}

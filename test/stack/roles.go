@@ -57,14 +57,15 @@ func newRoles(t testing.TB, root string) (Roles, func(database string)) {
 	apply := func(database string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		admin, adminPass := testenv.DBAdmin()
 		cmd := exec.CommandContext(ctx, psql, "-X", "-q",
 			"-h", testenv.Env("DB_HOST", "127.0.0.1"), "-p", testenv.Env("DB_PORT", "5432"),
-			"-U", testenv.Env("DB_USER", "postgres"), "-d", "postgres",
+			"-U", admin, "-d", "postgres",
 			"-v", "database="+database,
 			"-v", "owner="+r.Owner, "-v", "owner_password="+r.OwnerPass,
 			"-v", "app="+r.App, "-v", "app_password="+r.AppPass,
 			"-f", filepath.Join(root, "migrations", "roles.sql"))
-		cmd.Env = append(os.Environ(), "PGPASSWORD="+testenv.Env("DB_PASS", "postgres"))
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+adminPass)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("migrations/roles.sql for database %s: %v\n%s", database, err, out)
 		}
@@ -104,7 +105,10 @@ func quoteIdent(s string) string {
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }
 
-// dbEnv is the environment that points a process at database as role.
+// dbEnv is the environment that points a process at database as role, for
+// manage too (DB_OWNER_USER, which a devcontainer sets to its own owner
+// role, names the same role).
 func dbEnv(database, role, password string) []string {
-	return []string{"DB_NAME=" + database, "DB_USER=" + role, "DB_PASS=" + password, fmt.Sprintf("DB_SSLMODE=%s", "disable")}
+	return []string{"DB_NAME=" + database, "DB_USER=" + role, "DB_PASS=" + password,
+		"DB_OWNER_USER=" + role, "DB_OWNER_PASS=" + password, fmt.Sprintf("DB_SSLMODE=%s", "disable")}
 }

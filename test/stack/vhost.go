@@ -21,7 +21,8 @@ const vhostPrefix = "e2e_"
 
 // NewVHost creates a RabbitMQ vhost of its own for the test, grants
 // BROKER_USER every permission on it and deletes it (with its queues) when
-// the test ends. It uses rabbitmqctl where the broker runs on this machine,
+// the test ends; through the management API it does so as
+// BROKER_ADMIN_USER (default BROKER_USER). It uses rabbitmqctl where the broker runs on this machine,
 // and the management HTTP API (port 15672, or BROKER_MANAGEMENT_URL)
 // otherwise, as in the devcontainer. Vhosts that a killed run left behind
 // are deleted first.
@@ -65,7 +66,8 @@ func newVHostAdmin() (vhostAdmin, error) {
 	if base == "" {
 		base = "http://" + net.JoinHostPort(testenv.Env("BROKER_HOST", "127.0.0.1"), "15672")
 	}
-	api := managementAPI{base: strings.TrimSuffix(base, "/"), user: user, pass: testenv.Env("BROKER_PASS", "guest")}
+	admin, pass := testenv.BrokerAdmin()
+	api := managementAPI{base: strings.TrimSuffix(base, "/"), user: user, admin: admin, pass: pass}
 	if _, err := api.list(); err != nil {
 		return nil, fmt.Errorf("the e2e tests create a RabbitMQ vhost per run and found no way to: "+
 			"rabbitmqctl is not installed here and the management API at %s does not answer (%w); "+
@@ -115,7 +117,9 @@ func (r rabbitmqctl) remove(name string) error {
 }
 
 // managementAPI administers a broker through its management plugin.
-type managementAPI struct{ base, user, pass string }
+// managementAPI administers vhosts through the management HTTP API as
+// admin, granting user every permission on the vhosts it adds.
+type managementAPI struct{ base, user, admin, pass string }
 
 func (m managementAPI) do(method, path, body string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -124,7 +128,7 @@ func (m managementAPI) do(method, path, body string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	req.SetBasicAuth(m.user, m.pass)
+	req.SetBasicAuth(m.admin, m.pass)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
