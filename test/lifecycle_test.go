@@ -78,6 +78,9 @@ func TestUnreachableAtStart(t *testing.T) {
 		{"PostgreSQL", "DB_PORT", "cannot reach PostgreSQL at localhost:%s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "RabbitMQ" {
+				testenv.RequirePostgres(t) // reached first
+			}
 			port := closedPort(t)
 			start := time.Now()
 			p := stack.Launch(t, bins, env, tc.setting+"="+port, "BROKER_HOST=localhost", "DB_HOST=localhost", "START_TIMEOUT=2s")
@@ -117,6 +120,8 @@ func TestInvalidConfiguration(t *testing.T) {
 // `service healthcheck` exits 0 when both services answer and 1 naming the
 // unreachable one otherwise.
 func TestHealthcheck(t *testing.T) {
+	testenv.RequireBroker(t)
+	testenv.RequirePostgres(t)
 	run := func(extra ...string) (int, string) {
 		cmd := exec.Command(bins.Service, "healthcheck")
 		cmd.Env = append(os.Environ(), extra...)

@@ -19,6 +19,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/url"
@@ -102,16 +103,66 @@ func BrokerAdmin() (user, pass string) {
 	return Env("BROKER_USER", "guest"), Env("BROKER_PASS", "guest")
 }
 
-// RequireBroker fails the test at once when nothing listens at BrokerAddr.
+// RequireBroker skips the test with -short (it needs RabbitMQ), and fails
+// it at once when nothing listens at BrokerAddr.
 func RequireBroker(tb testing.TB) {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skipf("needs RabbitMQ (%s); skipped with -short", BrokerAddr())
+	}
 	requireTCP(tb, "RabbitMQ", BrokerAddr(), brokerHint)
 }
 
-// RequirePostgres fails the test at once when nothing listens at PostgresAddr.
+// RequirePostgres skips the test with -short (it needs PostgreSQL), and
+// fails it at once when nothing listens at PostgresAddr.
 func RequirePostgres(tb testing.TB) {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skipf("needs PostgreSQL (%s); skipped with -short", PostgresAddr())
+	}
 	requireTCP(tb, "PostgreSQL", PostgresAddr(), postgresHint)
+}
+
+// Services a package's Examples need, for Main.
+const (
+	NeedsBroker   = "RabbitMQ"
+	NeedsPostgres = "PostgreSQL"
+)
+
+// Main runs the tests of a package that needs services: without -short a
+// service that does not answer fails the run at once, naming it and how to
+// start it (with -short, each test that needs one skips itself through
+// RequireBroker and RequirePostgres). Call it from TestMain.
+func Main(m *testing.M, needs ...string) { run(m, false, needs) }
+
+// MainWithExamples is Main for a package whose Examples need the services
+// too: an Example cannot skip itself, so with -short they are left out,
+// and one line says so.
+func MainWithExamples(m *testing.M, needs ...string) { run(m, true, needs) }
+
+func run(m *testing.M, examples bool, needs []string) {
+	flag.Parse()
+	if testing.Short() {
+		if examples {
+			fmt.Printf("-short: the Examples need %s and are skipped\n", strings.Join(needs, " and "))
+			_ = flag.Set("test.skip", "^Example")
+		}
+		os.Exit(m.Run())
+	}
+	var errs []error
+	for _, n := range needs {
+		switch n {
+		case NeedsBroker:
+			errs = append(errs, dialTCP("RabbitMQ", BrokerAddr(), brokerHint))
+		case NeedsPostgres:
+			errs = append(errs, dialTCP("PostgreSQL", PostgresAddr(), postgresHint))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(os.Stderr, "the tests of this package need a service that does not answer (go test -short skips them):\n%v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
 }
 
 const (
