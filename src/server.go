@@ -27,6 +27,7 @@ import (
 	"github.com/google/uuid"
 
 	"example.com/service/src/db"
+	"example.com/service/src/internal/env"
 	"example.com/service/src/internal/redact"
 	"example.com/service/src/models"
 	"example.com/service/src/runner"
@@ -62,21 +63,17 @@ func (c config) development() bool { return c.Mode == "development" }
 // loadConfig reads the environment; an invalid value is an error naming the
 // variable, its value and what is accepted.
 func loadConfig() (config, error) {
-	cfg := config{Mode: os.Getenv("MODE")}
+	var cfg config
 	var errs [8]error
-	switch cfg.Mode {
-	case "":
-		cfg.Mode = "development"
-	case "development", "production":
-	default:
-		errs[0] = fmt.Errorf("MODE=%q: want development or production", cfg.Mode)
-	}
+	var qt, rqt string
+	cfg.Mode, errs[0] = env.OneOf("MODE", "development", "development", "production")
 	cfg.Broker, errs[1] = worker.ConfigFromEnv()
 	cfg.Database, errs[2] = db.ConfigFromEnv()
-	cfg.StartTimeout, errs[3] = durationEnv("START_TIMEOUT", 30*time.Second)
-	cfg.DrainTimeout, errs[4] = durationEnv("DRAIN_TIMEOUT", 10*time.Second)
-	cfg.QueueType, errs[5] = queueTypeEnv("BROKER_QUEUE_TYPE", worker.Quorum)
-	cfg.RPCQueueType, errs[6] = queueTypeEnv("BROKER_RPC_QUEUE_TYPE", worker.Classic)
+	cfg.StartTimeout, errs[3] = env.Duration("START_TIMEOUT", 30*time.Second)
+	cfg.DrainTimeout, errs[4] = env.Duration("DRAIN_TIMEOUT", 10*time.Second)
+	qt, errs[5] = env.OneOf("BROKER_QUEUE_TYPE", string(worker.Quorum), string(worker.Quorum), string(worker.Classic))
+	rqt, errs[6] = env.OneOf("BROKER_RPC_QUEUE_TYPE", string(worker.Classic), string(worker.Classic), string(worker.Quorum))
+	cfg.QueueType, cfg.RPCQueueType = worker.QueueType(qt), worker.QueueType(rqt)
 	if !cfg.development() {
 		errs[7] = productionChecks()
 		if cfg.Database.SSLMode == "" && os.Getenv("DB_URL") == "" {
@@ -109,30 +106,6 @@ func productionChecks() error {
 	need("BROKER_URL", "BROKER_USER", "BROKER_PASS")
 	need("DB_URL", "DB_USER", "DB_PASS")
 	return errors.Join(errs...)
-}
-
-func queueTypeEnv(key string, def worker.QueueType) (worker.QueueType, error) {
-	v := os.Getenv(key)
-	if v == "" {
-		return def, nil
-	}
-	t, err := worker.ParseQueueType(v)
-	if err != nil {
-		return "", fmt.Errorf("%s=%q: want quorum or classic", key, v)
-	}
-	return t, nil
-}
-
-func durationEnv(key string, def time.Duration) (time.Duration, error) {
-	v := os.Getenv(key)
-	if v == "" {
-		return def, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("%s=%q: want a positive duration such as 10s or 1m", key, v)
-	}
-	return d, nil
 }
 
 // newLogger logs text at debug level in development, JSON at info level in

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"example.com/service/src/internal/env"
 )
 
 // Config says where the PostgreSQL server is and how large the pool may grow.
@@ -83,10 +85,10 @@ func OwnerConfigFromEnv() (Config, error) {
 
 func configFromEnv(userVar, passVar string) (Config, error) {
 	c := Config{
-		Host:        env("DB_HOST", DefaultHost),
-		User:        env(userVar, DefaultUser),
-		Password:    env(passVar, "postgres"),
-		Database:    env("DB_NAME", DefaultDatabase),
+		Host:        env.Get("DB_HOST", DefaultHost),
+		User:        env.Get(userVar, DefaultUser),
+		Password:    env.Get(passVar, "postgres"),
+		Database:    env.Get("DB_NAME", DefaultDatabase),
 		URL:         os.Getenv("DB_URL"),
 		SSLMode:     os.Getenv("DB_SSLMODE"),
 		SSLRootCert: os.Getenv("DB_SSLROOTCERT"),
@@ -108,12 +110,10 @@ func configFromEnv(userVar, passVar string) (Config, error) {
 	if (c.SSLCert == "") != (c.SSLKey == "") {
 		errs = append(errs, errors.New("DB_SSLCERT and DB_SSLKEY go together: set both (a client certificate and its key) or neither"))
 	}
-	port := env("DB_PORT", strconv.Itoa(DefaultPort))
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 1 || p > 65535 {
-		errs = append(errs, fmt.Errorf("DB_PORT=%q: not a port number (1-65535)", port))
+	var err error
+	if c.Port, err = env.Port("DB_PORT", DefaultPort); err != nil {
+		errs = append(errs, err)
 	}
-	c.Port = p
 	if strings.ContainsAny(c.Host, " ") || (strings.Contains(c.Host, "/") && !strings.HasPrefix(c.Host, "/")) {
 		errs = append(errs, fmt.Errorf("DB_HOST=%q: not a host name, address or socket directory", c.Host))
 	}
@@ -126,13 +126,6 @@ func configFromEnv(userVar, passVar string) (Config, error) {
 		return Config{}, errors.Join(errs...)
 	}
 	return c, nil
-}
-
-func env(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
 
 // ConnString returns the postgres:// URL the driver connects with: URL when

@@ -32,16 +32,13 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+
+	"example.com/service/src/internal/env"
 )
 
 // Env returns the value of the environment variable key, or def when it is
 // unset or empty.
-func Env(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
+func Env(key, def string) string { return env.Get(key, def) }
 
 // BrokerAddr is host:port of the RabbitMQ broker.
 func BrokerAddr() string {

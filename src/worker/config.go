@@ -13,6 +13,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"example.com/service/src/internal/env"
 	"example.com/service/src/internal/redact"
 )
 
@@ -51,10 +52,10 @@ type Config struct {
 // it, never showing a password.
 func ConfigFromEnv() (Config, error) {
 	cfg := Config{
-		Host:     env("BROKER_HOST", "localhost"),
-		User:     env("BROKER_USER", "guest"),
-		Password: env("BROKER_PASS", "guest"),
-		VHost:    env("BROKER_VHOST", "/"),
+		Host:     env.Get("BROKER_HOST", "localhost"),
+		User:     env.Get("BROKER_USER", "guest"),
+		Password: env.Get("BROKER_PASS", "guest"),
+		VHost:    env.Get("BROKER_VHOST", "/"),
 		URL:      os.Getenv("BROKER_URL"),
 	}
 	var errs []error
@@ -63,16 +64,13 @@ func ConfigFromEnv() (Config, error) {
 		errs = append(errs, err)
 	}
 	cfg.TLS = tlsCfg
-	defPort := "5672"
+	defPort := 5672
 	if cfg.TLS != nil {
-		defPort = "5671"
+		defPort = 5671
 	}
-	port := env("BROKER_PORT", defPort)
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 1 || p > 65535 {
-		errs = append(errs, fmt.Errorf("BROKER_PORT=%q: not a port number (1-65535)", port))
+	if cfg.Port, err = env.Port("BROKER_PORT", defPort); err != nil {
+		errs = append(errs, err)
 	}
-	cfg.Port = p
 	if cfg.URL != "" {
 		if _, err := parseURL(cfg.URL); err != nil {
 			errs = append(errs, fmt.Errorf("BROKER_URL=%q: %w", redactURL(cfg.URL), err))
@@ -124,13 +122,6 @@ func tlsFromEnv() (*tls.Config, error) {
 		cfg.Certificates = []tls.Certificate{pair}
 	}
 	return cfg, nil
-}
-
-func env(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
 
 // parseURL parses an amqp:// or amqps:// URL. Its errors never repeat the

@@ -319,14 +319,7 @@ func (c *link) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
 			_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
 			return
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			select {
-			case <-c.done:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
+		ctx, cancel := untilClosed(c.done)
 		next, nextClosed, err := c.connect(ctx, false)
 		cancel()
 		if err != nil { // closed
@@ -439,4 +432,18 @@ func refused(err error) bool {
 	}
 	var ae *amqp.Error
 	return errors.As(err, &ae) && (ae.Code == amqp.AccessRefused || ae.Code == amqp.NotAllowed)
+}
+
+// untilClosed returns a context that ends when done is closed, or when
+// cancel is called.
+func untilClosed(done <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }

@@ -128,37 +128,22 @@ func (o options) finish() options {
 	return o
 }
 
-func connOptions(opts []ConnOption) options {
+// build applies opts over the defaults with apply, then fills the rest.
+func build[O any](opts []O, apply func(O, *options)) options {
 	o := defaults()
 	for _, opt := range opts {
-		opt.applyConn(&o)
+		apply(opt, &o)
 	}
 	return o.finish()
 }
 
-func rpcOptions(opts []RPCOption) options {
-	o := defaults()
-	for _, opt := range opts {
-		opt.applyRPC(&o)
-	}
-	return o.finish()
-}
+func connOptions(opts []ConnOption) options { return build(opts, ConnOption.applyConn) }
 
-func queueOptions(opts []QueueOption) options {
-	o := defaults()
-	for _, opt := range opts {
-		opt.applyQueue(&o)
-	}
-	return o.finish()
-}
+func rpcOptions(opts []RPCOption) options { return build(opts, RPCOption.applyRPC) }
 
-func clientOptions(opts []ClientOption) options {
-	o := defaults()
-	for _, opt := range opts {
-		opt.applyClient(&o)
-	}
-	return o.finish()
-}
+func queueOptions(opts []QueueOption) options { return build(opts, QueueOption.applyQueue) }
+
+func clientOptions(opts []ClientOption) options { return build(opts, ClientOption.applyClient) }
 
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return allOption(func(o *options) { o.logger = l }) }

@@ -69,16 +69,6 @@ func newQueueSettings(k kind, o options) queueSettings {
 	return q
 }
 
-// ParseQueueType reads a queue type as written in configuration
-// ("quorum", "classic").
-func ParseQueueType(s string) (QueueType, error) {
-	switch QueueType(s) {
-	case Quorum, Classic:
-		return QueueType(s), nil
-	}
-	return "", fmt.Errorf("queue type %q: want quorum or classic", s)
-}
-
 // ReplyQueue reports whether replyTo names a queue that replies may go to:
 // RabbitMQ's direct reply-to (amq.rabbitmq.reply-to...) or a server-named
 // queue (amq.gen-...), which is what RPC clients declare for their replies.

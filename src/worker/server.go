@@ -362,14 +362,7 @@ func (c *consumer) loop(deliveries <-chan amqp.Delivery) {
 		c.closeChannel()
 		backoff := 100 * time.Millisecond
 		for {
-			ctx, cancel := context.WithCancel(context.Background())
-			go func() {
-				select {
-				case <-s.stop:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
+			ctx, cancel := untilClosed(s.stop)
 			var err error
 			deliveries, err = c.setup(ctx)
 			cancel()
