@@ -429,7 +429,7 @@ func TestNewModelRefusesBadRowTypes(t *testing.T) {
 	}
 	want := map[string]string{
 		"no id": "has no key: tag a field `,key` or name a column \"id\"", "not struct": "not a struct",
-		"two keys": "tags 2 fields `,key`",
+		"two keys":  "tags 2 fields `,key`",
 		"duplicate": `column "x" named by two fields`, "bad option": `unknown db tag option "primary"`, "bad table": `bad table name "a..b"`,
 	}
 	for name, err := range cases {
