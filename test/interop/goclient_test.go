@@ -38,12 +38,6 @@ func TestGoClientToPythonWorker(t *testing.T) {
 	ctxFor := func(d time.Duration) (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.Background(), d)
 	}
-	undecoded := func(err error) error {
-		if fails := svc.eventsOf("decode_failed", ""); len(fails) > 0 {
-			return fmt.Errorf("%w; the Python library could not decode the request: %s", err, fails[len(fails)-1].Error)
-		}
-		return err
-	}
 
 	check(t, "rpc success", func() error {
 		ctx, cancel := ctxFor(5 * time.Second)
@@ -51,7 +45,7 @@ func TestGoClientToPythonWorker(t *testing.T) {
 		want := `{"a":"b","n":[1,2.5,null]}`
 		var got json.RawMessage
 		if err := client.Call(ctx, "py.echo", json.RawMessage(want), &got); err != nil {
-			return undecoded(err)
+			return undecodedBy(svc, err)
 		}
 		if !sameJSON(got, []byte(want)) {
 			return fmt.Errorf("py.echo answered %s, want %s", got, want)
@@ -64,7 +58,7 @@ func TestGoClientToPythonWorker(t *testing.T) {
 		err := client.Call(ctx, "py.raise", "x", nil)
 		var remote *worker.RemoteError
 		if !errors.As(err, &remote) {
-			return undecoded(fmt.Errorf("Call returned %v, want a *worker.RemoteError", err))
+			return undecodedBy(svc, fmt.Errorf("Call returned %v, want a *worker.RemoteError", err))
 		}
 		var problems []string
 		if remote.Type != "ValueError" {
