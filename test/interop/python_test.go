@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"example.com/service/src/testenv"
+	"example.com/service/test/stack"
 )
 
 // pyDir holds the Python harness: compat.py (the shims), service.py (a
@@ -85,7 +86,7 @@ func startPython(t *testing.T, vhost, script string, args ...string) *pyProcess 
 	cmd := exec.Command(python, append([]string{filepath.Join(pyDir, script)}, args...)...)
 	cmd.Dir = pyDir
 	cmd.Env = pyEnv(vhost)
-	cmd.SysProcAttr = dieWithParent()
+	cmd.SysProcAttr = stack.DieWithParent()
 	p := &pyProcess{name: script + " " + strings.Join(args, " "), cmd: cmd, stderr: &testenv.Buffer{},
 		lines: make(chan json.RawMessage, 1<<16), done: make(chan struct{})}
 	cmd.Stderr = p.stderr
