@@ -17,6 +17,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 
 	"example.com/service/src/testenv"
+	"example.com/service/src/worker"
 	"example.com/service/test/stack"
 )
 
@@ -42,6 +43,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 	database := openDB(t, env.Database)
 	amqpCh := env.Channel(t)
 
+	testRPCSemantics(t, env, py)
 	for _, kind := range pyClientKinds {
 		call := func(route string, data any) (envelope, error) {
 			a, err := py.call(kind.name, route, data)
@@ -247,6 +249,61 @@ func TestPythonClientsToGoService(t *testing.T) {
 			return waitDeadLetter(amqpCh, "example-item.store.dlq", marker, 15*time.Second)
 		})
 	}
+}
+
+// testRPCSemantics checks what aio-pika's RPC client relies on besides the
+// reply: a call to no queue comes back returned, and a call that expires in
+// a busy route's queue comes back as a timeout, through the dead-letter
+// exchange rpc.dlx that aio-pika declares its RPC queues with.
+func testRPCSemantics(t *testing.T, env stack.Env, py *pyClient) {
+	check(t, "lib: no such route (the broker returns the call)", func() error {
+		start := time.Now()
+		a, err := py.call("lib", "no-such-route", 1)
+		if err != nil {
+			return err
+		}
+		if a.OK || a.Exception.Type != "MessageProcessError" || time.Since(start) > 2*time.Second {
+			return fmt.Errorf("JSONGzipRPC.call to no queue: ok %v, %v after %s; want MessageProcessError at once", a.OK, a.Exception, time.Since(start))
+		}
+		return nil
+	})
+	check(t, "lib: a call that expires in a busy route's queue (timeout via rpc.dlx)", func() error {
+		// Fill the route "test" (one second per call) past the worker's
+		// prefetch, so that the next call waits in the queue.
+		filler := startPyClient(t, env.VHost)
+		fillers := make([]any, worker.DefaultPrefetch+5)
+		for i := range fillers {
+			fillers[i] = "busy"
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := filler.do(map[string]any{"op": "calls", "client": "lib", "route": "test", "items": fillers, "concurrency": len(fillers), "timeout": 15}, time.Minute)
+			done <- err
+		}()
+		defer func() { <-done }()
+		ch := env.Channel(t)
+		if err := waitFor(10*time.Second, func() bool {
+			q, err := ch.QueueDeclarePassive("test", false, false, false, false, nil)
+			return err == nil && q.Messages > 0
+		}, "the route test never had calls waiting in its queue"); err != nil {
+			return err
+		}
+		start := time.Now()
+		a, err := py.do(map[string]any{"op": "call", "client": "lib", "route": "test", "data": "late", "timeout": 8, "expiration": 0.2}, 20*time.Second)
+		took := time.Since(start).Round(10 * time.Millisecond)
+		if err != nil {
+			return err
+		}
+		if a.OK {
+			return fmt.Errorf("the call was answered (%s) although it expired in the queue", tail(string(a.Result), 80))
+		}
+		if !strings.Contains(a.Exception.Repr, "Message timed-out") {
+			return fmt.Errorf("JSONGzipRPC.call(expiration=0.2) raised %s after %s; want aio-pika's TimeoutError('Message timed-out') "+
+				"as soon as the request expires: a queue with x-dead-letter-exchange rpc.dlx sends it back to the caller, "+
+				"a queue without one drops it and the caller waits forever", tail(a.Exception.Repr, 60), took)
+		}
+		return nil
+	})
 }
 
 // replyOf turns client.py's answer into the reply envelope, checking the

@@ -14,7 +14,8 @@ line on stdout, in order. Clients ("client" in a command):
   pika-json  the same with a plain JSON body (application/json)
 
 Commands:
-  {"op": "call", "client": c, "route": r, "data": d, "timeout": s}
+  {"op": "call", "client": c, "route": r, "data": d, "timeout": s,
+   "expiration": seconds (optional; aio-pika's RPC.call expiration)}
   {"op": "call", "client": "pika", "route": r, "body": "<raw JSON text>"}
       -> {"ok": true, "result": <what the client returned>,
           "raw": "<reply body, gunzipped>", "props": {...reply properties}}
@@ -229,7 +230,8 @@ class Driver:
         Recording.current.set(holder)
         try:
             result = await asyncio.wait_for(
-                rpc.call(route, kwargs={"data": cmd.get("data")}), timeout)
+                rpc.call(route, kwargs={"data": cmd.get("data")},
+                         expiration=cmd.get("expiration")), timeout)
             out = {"ok": True, "result": result}
         except Exception as err:  # pylint: disable=broad-except
             out = {"ok": False, "exception": exception_of(err)}
