@@ -306,8 +306,10 @@ func TestTransactions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"_id":"` + u.ID.String() + `"`, `"amount":"1234567.1"`, `"date_authorized":"2024-02-27"`, `"date":"2024-02-28"`,
-		`"spent_from_id":"` + budget.String() + `"`, `"location":{"address":null,"city":"Chicago"`, `"created_at":"` + u.CreatedAt.String() + `"`} {
+	for _, want := range []string{
+		`"_id":"` + u.ID.String() + `"`, `"amount":"1234567.1"`, `"date_authorized":"2024-02-27"`, `"date":"2024-02-28"`,
+		`"spent_from_id":"` + budget.String() + `"`, `"location":{"address":null,"city":"Chicago"`, `"created_at":"` + u.CreatedAt.String() + `"`,
+	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("JSON %s lacks %s", b, want)
 		}

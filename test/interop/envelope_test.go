@@ -23,7 +23,7 @@ type envelope struct {
 func parseEnvelope(raw []byte) (envelope, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
-		return envelope{}, fmt.Errorf("reply is not a JSON object: %v: %s", err, tail(string(raw), 200))
+		return envelope{}, fmt.Errorf("reply is not a JSON object: %w: %s", err, tail(string(raw), 200))
 	}
 	var e envelope
 	for k := range m {

@@ -58,7 +58,7 @@ func TestGoClientToPythonWorker(t *testing.T) {
 		err := client.Call(ctx, "py.raise", "x", nil)
 		var remote *worker.RemoteError
 		if !errors.As(err, &remote) {
-			return undecodedBy(svc, fmt.Errorf("Call returned %v, want a *worker.RemoteError", err))
+			return undecodedBy(svc, fmt.Errorf("Call returned %w, want a *worker.RemoteError", err))
 		}
 		var problems []string
 		if remote.Type != "ValueError" {
@@ -86,7 +86,7 @@ func TestGoClientToPythonWorker(t *testing.T) {
 		start := time.Now()
 		err := client.Call(ctx, "py.no-such-route", "x", nil)
 		if !errors.Is(err, worker.ErrNoRoute) {
-			return fmt.Errorf("Call returned %v, want ErrNoRoute", err)
+			return fmt.Errorf("Call returned %w, want ErrNoRoute", err)
 		}
 		if took := time.Since(start); took > 2*time.Second {
 			return fmt.Errorf("ErrNoRoute came after %s, want it at once", took)
@@ -98,7 +98,7 @@ func TestGoClientToPythonWorker(t *testing.T) {
 		defer cancel()
 		err := client.Call(ctx, "py.sleep", 2, nil)
 		if !errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("Call returned %v, want context.DeadlineExceeded", err)
+			return fmt.Errorf("Call returned %w, want context.DeadlineExceeded", err)
 		}
 		// The deadline is only meaningful if the request reached the
 		// handler: the Python worker must have run it.
@@ -144,7 +144,7 @@ func TestGoClientToPythonWorker(t *testing.T) {
 		ctx, cancel := ctxFor(5 * time.Second)
 		defer cancel()
 		if err := client.Publish(ctx, "py.no-such-queue", 1); !errors.Is(err, worker.ErrNoRoute) {
-			return fmt.Errorf("Publish returned %v, want ErrNoRoute", err)
+			return fmt.Errorf("Publish returned %w, want ErrNoRoute", err)
 		}
 		return nil
 	})

@@ -87,8 +87,10 @@ func startPython(t *testing.T, vhost, script string, args ...string) *pyProcess 
 	cmd.Dir = pyDir
 	cmd.Env = pyEnv(vhost)
 	cmd.SysProcAttr = stack.DieWithParent()
-	p := &pyProcess{name: script + " " + strings.Join(args, " "), cmd: cmd, stderr: &testenv.Buffer{},
-		lines: make(chan json.RawMessage, 1<<16), done: make(chan struct{})}
+	p := &pyProcess{
+		name: script + " " + strings.Join(args, " "), cmd: cmd, stderr: &testenv.Buffer{},
+		lines: make(chan json.RawMessage, 1<<16), done: make(chan struct{}),
+	}
 	cmd.Stderr = p.stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
