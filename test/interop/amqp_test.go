@@ -6,15 +6,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"example.com/service/src/worker"
 	"example.com/service/test/stack"
 )
+
+// callIDs numbers the raw calls.
+var callIDs atomic.Uint64
 
 // rawReply is a reply as it came off the wire.
 type rawReply struct {
@@ -22,12 +26,13 @@ type rawReply struct {
 	body []byte // gunzipped
 }
 
-// aioPikaCall sends body to route exactly as aio-pika 8's RPC.call with the
-// library's JSONGzipRPC does (gzip JSON, content type
-// application/octet-stream, AMQP type "call", a uuid4 correlation id,
-// reply_to and a "From" header naming the caller's reply queue, delivery
-// mode 1, priority 5, a message id) and returns the reply, or an error
-// when none comes within timeout.
+// aioPikaCall sends body to route exactly as the fleet's callers do, the
+// library's JSONGzipRPC on aio-pika 6.8 (gzip JSON without a content type,
+// AMQP type "call", an integer correlation id, reply_to and a "From" header
+// naming the caller's reply queue, delivery mode 1, priority 5, a
+// timestamp), and returns the reply, or an error when none comes within
+// timeout. (aio-pika 8, which client.py runs, adds a content type and a
+// message id and uses uuid4 correlation ids.)
 func aioPikaCall(ch *amqp.Channel, route string, body []byte, gzipped bool, timeout time.Duration) (amqp.Publishing, rawReply, error) {
 	q, err := ch.QueueDeclare("", false, true, true, false, nil)
 	if err != nil {
@@ -38,19 +43,16 @@ func aioPikaCall(ch *amqp.Channel, route string, body []byte, gzipped bool, time
 	if err != nil {
 		return amqp.Publishing{}, rawReply{}, err
 	}
-	ct := "application/json"
 	if gzipped {
-		body, ct = stack.Gzip(body), "application/octet-stream"
+		body = stack.Gzip(body)
 	}
 	msg := amqp.Publishing{
-		ContentType:   ct,
-		CorrelationId: uuid.NewString(),
+		CorrelationId: strconv.FormatUint(callIDs.Add(1)+140000000000000, 10), // id(future) on 6.8
 		ReplyTo:       q.Name,
 		Headers:       amqp.Table{"From": q.Name},
 		DeliveryMode:  amqp.Transient,
 		Priority:      5,
 		Type:          "call",
-		MessageId:     strings.ReplaceAll(uuid.NewString(), "-", ""),
 		Timestamp:     time.Now(),
 		Body:          body,
 	}

@@ -72,7 +72,11 @@ func printMatrix(w io.Writer) {
 			fmt.Fprintf(w, "  %-58s %s\n", c.name, line)
 			continue
 		}
-		fmt.Fprintf(w, "  %-58s FAILS: %s\n", c.name, oneLine(c.err.Error(), 400))
+		reason := oneLine(c.err.Error(), 400)
+		if c.note != "" {
+			reason += " [" + oneLine(c.note, 200) + "]"
+		}
+		fmt.Fprintf(w, "  %-58s FAILS: %s\n", c.name, reason)
 	}
 	fmt.Fprintf(w, "\n%d cells: %d work, %d fail\n", len(matrix.cells), works, len(matrix.cells)-works)
 }

@@ -18,9 +18,20 @@ that takes, at import time, without touching the library's files:
   The library module's `traceback` name is given a format_exception that
   accepts the old keywords and calls the new function positionally.
 
+- serialize_exception: on aio-pika 6.8 (the fleet's) RPC sends what
+  serialize_exception returns as the reply body; aio-pika 8 serializes it
+  again, and the library's returns bytes already, so on 8 every request the
+  library cannot decode (not gzip, not JSON, not {"data": ...}) raised
+  TypeError and got no reply. JSONGzipRPC.serialize_exception is given back
+  its 6.8 effect: the reply is the gzip JSON ErrResponse envelope with AMQP
+  type "error", as the fleet's workers send it.
+
 Nothing else needed changing for aio-pika 8: the library's RPC and Master
 subclasses use only serialize/deserialize, create, register, call,
-create_worker and create_task, whose signatures are unchanged.
+create_worker and create_task, whose signatures are unchanged. What
+differs on the client side (8 sends a uuid4 correlation id and a content
+type, 6.8 an integer id and none) is left as it is: the Go side must take
+both, and the interop tests' raw requests use 6.8's shape.
 """
 
 import functools
@@ -48,6 +59,7 @@ import aio_pika  # noqa: E402
 import amqp_worker  # noqa: E402,F401
 import amqp_worker.connection  # noqa: E402
 import amqp_worker.response  # noqa: E402
+import amqp_worker.rpc_worker  # noqa: E402
 
 amqp_worker.connection.connect_robust = functools.partial(
     aio_pika.connect_robust, virtualhost=VHOST)
@@ -60,6 +72,9 @@ def _format_exception(etype=None, value=None, tb=None, **kwargs):
 
 amqp_worker.response.traceback = types.SimpleNamespace(
     format_exception=_format_exception)
+
+amqp_worker.rpc_worker.JSONGzipRPC.serialize_exception = (
+    lambda self, exception: amqp_worker.response.ErrResponse(exception))
 
 
 def connection_params():
