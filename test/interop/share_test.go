@@ -254,10 +254,10 @@ func shareVerdict(failures map[string]int, byPython, total int) (string, error) 
 		for _, msg := range slices.Sorted(maps.Keys(failures)) {
 			parts = append(parts, fmt.Sprintf("%d× %s", failures[msg], msg))
 		}
-		return note, fmt.Errorf("%s (%s)", strings.Join(parts, "; "), note)
+		return "", fmt.Errorf("%s (%s)", strings.Join(parts, "; "), note)
 	}
 	if byPython == 0 || byPython == total {
-		return note, fmt.Errorf("one replica took every call (%s): the route was not shared", note)
+		return "", fmt.Errorf("one replica took every call (%s): the route was not shared", note)
 	}
 	return note, nil
 }
