@@ -250,6 +250,7 @@ func shareQueue(t *testing.T, order string, goFirst bool) {
 func shareVerdict(failures map[string]int, byPython, total int) (string, error) {
 	note := fmt.Sprintf("Python replica %d, Go replica %d", byPython, total-byPython)
 	if len(failures) > 0 {
+		note = fmt.Sprintf("of %d sent, the Python replica's handler ran %d times", total, byPython)
 		var parts []string
 		for _, msg := range slices.Sorted(maps.Keys(failures)) {
 			parts = append(parts, fmt.Sprintf("%d× %s", failures[msg], msg))
