@@ -21,12 +21,20 @@ import (
 // route.
 const shareCalls = 1000
 
+// goShareEnv is the configuration a Go replica runs with to share routes
+// with Python replicas: the documented compatibility settings (README,
+// "Configuration"). Queue routes: classic queues, declared as the seed
+// declares them. RPC routes need none once they are declared as aio-pika
+// declares them.
+var goShareEnv = []string{"BROKER_QUEUE_TYPE=classic"}
+
 // TestSharedRoutes runs a Go replica (the service binary) and a Python
 // replica (the library) on one RPC route (dictionary) and, separately, one
 // queue route (example-item.store), each starting first in turn, and sends
 // 1,000 calls or messages from the Python library's client and 1,000 from
 // the Go client: each must be answered or handled once, and both replicas
-// must take a share.
+// must take a share. A Go replica whose settings clash with the Python
+// replica's queue must refuse to start, saying why.
 func TestSharedRoutes(t *testing.T) {
 	for _, goFirst := range []bool{true, false} {
 		order := "Go first"
@@ -36,6 +44,20 @@ func TestSharedRoutes(t *testing.T) {
 		shareRPC(t, order, goFirst)
 		shareQueue(t, order, goFirst)
 	}
+	check(t, "queue route, Python first, Go with default settings: a clear start error", func() error {
+		r := startReplicas(t, false, nil, "--queue", "example-item.store=record")
+		if r.start == nil {
+			return fmt.Errorf("the Go replica started with its default queue type beside the Python replica's queue (then no clash is possible: fine, drop this cell)")
+		}
+		if r.goP == nil || !r.goP.Exited() {
+			return fmt.Errorf("no clear start error: %v", r.start)
+		}
+		msg := r.start.Error()
+		if !strings.Contains(msg, "example-item.store") || !strings.Contains(msg, "classic") {
+			return fmt.Errorf("the Go replica's start error does not name the queue and what differs: %s", msg)
+		}
+		return nil
+	})
 }
 
 // replicas is a Go and a Python replica in one env.
@@ -48,10 +70,10 @@ type replicas struct {
 
 // startReplicas starts both, in the order given, and reports why one of
 // them could not start.
-func startReplicas(t *testing.T, goFirst bool, pyArgs ...string) *replicas {
+func startReplicas(t *testing.T, goFirst bool, goEnv []string, pyArgs ...string) *replicas {
 	r := &replicas{env: stack.NewEnv(t, bins)}
 	startGo := func() error {
-		r.goP = stack.Launch(t, bins, r.env)
+		r.goP = stack.Launch(t, bins, r.env, goEnv...)
 		err := waitFor(60*time.Second, func() bool {
 			return r.goP.Exited() || strings.Contains(r.goP.Logs(), "service running")
 		}, "the Go replica did not log \"service running\" within 60 s")
@@ -82,7 +104,7 @@ func shareRPC(t *testing.T, order string, goFirst bool) {
 	name := "rpc route dictionary, " + order
 	var r *replicas
 	check(t, name+": both replicas start", func() error {
-		r = startReplicas(t, goFirst, "--rpc", "dictionary=dictionary")
+		r = startReplicas(t, goFirst, goShareEnv, "--rpc", "dictionary=dictionary")
 		return r.start
 	})
 	if r == nil || r.start != nil {
@@ -152,7 +174,7 @@ func shareQueue(t *testing.T, order string, goFirst bool) {
 	name := "queue route example-item.store, " + order
 	var r *replicas
 	check(t, name+": both replicas start", func() error {
-		r = startReplicas(t, goFirst, "--queue", "example-item.store=record")
+		r = startReplicas(t, goFirst, goShareEnv, "--queue", "example-item.store=record")
 		return r.start
 	})
 	if r == nil || r.start != nil {
