@@ -50,7 +50,7 @@ func TestSharedRoutes(t *testing.T) {
 			return fmt.Errorf("the Go replica started with its default queue type beside the Python replica's queue (then no clash is possible: fine, drop this cell)")
 		}
 		if r.goP == nil || !r.goP.Exited() {
-			return fmt.Errorf("no clear start error: %v", r.start)
+			return fmt.Errorf("no clear start error: %w", r.start)
 		}
 		msg := r.start.Error()
 		if !strings.Contains(msg, "example-item.store") || !strings.Contains(msg, "classic") {
