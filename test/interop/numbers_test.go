@@ -50,7 +50,7 @@ type roundTrip struct {
 // Go through a Python service and back.
 func TestNumbersAndDates(t *testing.T) {
 	env := stack.NewEnv(t, bins)
-	stack.Start(t, bins, env)
+	proc := stack.Start(t, bins, env)
 	py := startPyClient(t, env.VHost)
 
 	pyVHost := stack.Env{VHost: stack.NewVHost(t)}
@@ -73,7 +73,7 @@ func TestNumbersAndDates(t *testing.T) {
 			}
 			e, err := replyOf(kind, true, desc, a)
 			if err != nil {
-				return err
+				return withRefusal(err, proc)
 			}
 			return sameNumbers(e, exactIntegers, true)
 		})
@@ -85,7 +85,7 @@ func TestNumbersAndDates(t *testing.T) {
 			}
 			e, err := replyOf(kind, true, desc, a)
 			if err != nil {
-				return err
+				return withRefusal(err, proc)
 			}
 			return wantData(e, nil)(`{"date":"2024-02-29","datetime":"2024-02-29T23:59:59.123456+00:00","naive":"2024-02-29T23:59:59","bar":"baz"}`)
 		})

@@ -43,14 +43,15 @@ func TestPythonClientsToGoService(t *testing.T) {
 	database := openDB(t, env.Database)
 	amqpCh := env.Channel(t)
 
-	testRPCSemantics(t, env, py)
+	testRPCSemantics(t, env, proc, py)
 	for _, kind := range pyClientKinds {
 		call := func(route string, data any) (envelope, error) {
 			a, err := py.call(kind.name, route, data)
 			if err != nil {
 				return envelope{}, err
 			}
-			return replyOf(kind.name, kind.gzip, kind.desc, a)
+			e, err := replyOf(kind.name, kind.gzip, kind.desc, a)
+			return e, withRefusal(err, proc)
 		}
 		prefix := kind.name + ": "
 
@@ -255,7 +256,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 // reply: a call to no queue comes back returned, and a call that expires in
 // a busy route's queue comes back as a timeout, through the dead-letter
 // exchange rpc.dlx that aio-pika declares its RPC queues with.
-func testRPCSemantics(t *testing.T, env stack.Env, py *pyClient) {
+func testRPCSemantics(t *testing.T, env stack.Env, proc *stack.Process, py *pyClient) {
 	check(t, "lib: no such route (the broker returns the call)", func() error {
 		start := time.Now()
 		a, err := py.call("lib", "no-such-route", 1)
@@ -286,7 +287,7 @@ func testRPCSemantics(t *testing.T, env stack.Env, py *pyClient) {
 			q, err := ch.QueueDeclarePassive("test", false, false, false, false, nil)
 			return err == nil && q.Messages > 0
 		}, "the route test never had calls waiting in its queue"); err != nil {
-			return err
+			return withRefusal(err, proc)
 		}
 		start := time.Now()
 		a, err := py.do(map[string]any{"op": "call", "client": "lib", "route": "test", "data": "late", "timeout": 8, "expiration": 0.2}, 20*time.Second)
@@ -304,6 +305,26 @@ func testRPCSemantics(t *testing.T, env stack.Env, py *pyClient) {
 		}
 		return nil
 	})
+}
+
+// withRefusal adds to err the Go service's refusal of a request's
+// reply_to, when its log shows one: the caller then gets no reply at all.
+func withRefusal(err error, proc *stack.Process) error {
+	const refused = "its reply_to is not a reply queue"
+	logs := proc.Logs()
+	i := strings.LastIndex(logs, refused)
+	if err == nil || i < 0 {
+		return err
+	}
+	line := logs[i:]
+	if j := strings.IndexByte(line, '\n'); j >= 0 {
+		line = line[:j]
+	}
+	replyTo := ""
+	if k := strings.Index(line, "reply_to="); k >= 0 {
+		replyTo = strings.Fields(line[k:])[0]
+	}
+	return fmt.Errorf("%w; the Go service refused the request unanswered (%s, %s): aio-pika names its reply queues amq_<random>", err, refused, replyTo)
 }
 
 // replyOf turns client.py's answer into the reply envelope, checking the
