@@ -268,10 +268,11 @@ func testRPCSemantics(t *testing.T, env stack.Env, proc *stack.Process, py *pyCl
 		}
 		return nil
 	})
+	filler := startPyClient(t, env.VHost)
+	ch := env.Channel(t)
 	check(t, "lib: a call that expires in a busy route's queue (timeout via rpc.dlx)", func() error {
 		// Fill the route "test" (one second per call) past the worker's
 		// prefetch, so that the next call waits in the queue.
-		filler := startPyClient(t, env.VHost)
 		fillers := make([]any, worker.DefaultPrefetch+5)
 		for i := range fillers {
 			fillers[i] = "busy"
@@ -282,7 +283,6 @@ func testRPCSemantics(t *testing.T, env stack.Env, proc *stack.Process, py *pyCl
 			done <- err
 		}()
 		defer func() { <-done }()
-		ch := env.Channel(t)
 		if err := waitFor(10*time.Second, func() bool {
 			q, err := ch.QueueDeclarePassive("test", false, false, false, false, nil)
 			return err == nil && q.Messages > 0

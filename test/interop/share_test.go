@@ -44,8 +44,9 @@ func TestSharedRoutes(t *testing.T) {
 		shareRPC(t, order, goFirst)
 		shareQueue(t, order, goFirst)
 	}
+	clash := startReplicas(t, false, nil, "--queue", "example-item.store=record")
 	check(t, "queue route, Python first, Go with default settings: a clear start error", func() error {
-		r := startReplicas(t, false, nil, "--queue", "example-item.store=record")
+		r := clash
 		if r.start == nil {
 			return fmt.Errorf("the Go replica started with its default queue type beside the Python replica's queue (then no clash is possible: fine, drop this cell)")
 		}
@@ -102,19 +103,17 @@ func startReplicas(t *testing.T, goFirst bool, goEnv []string, pyArgs ...string)
 
 func shareRPC(t *testing.T, order string, goFirst bool) {
 	name := "rpc route dictionary, " + order
-	var r *replicas
-	check(t, name+": both replicas start", func() error {
-		r = startReplicas(t, goFirst, goShareEnv, "--rpc", "dictionary=dictionary")
-		return r.start
-	})
-	if r == nil || r.start != nil {
+	r := startReplicas(t, goFirst, goShareEnv, "--rpc", "dictionary=dictionary")
+	check(t, name+": both replicas start", func() error { return r.start })
+	if r.start != nil {
 		skipRest(t, name, "Python library's JSONGzipRPC", "Go client")
 		return
 	}
 	pyCalls := func() int { return len(r.pyP.eventsOf("handled", "dictionary")) }
+	py := startPyClient(t, r.env.VHost)
+	client := r.env.Client(t)
 
 	cell(t, name+": 1,000 calls from the Python library's JSONGzipRPC", func() (string, error) {
-		py := startPyClient(t, r.env.VHost)
 		before := pyCalls()
 		var items []any
 		for i := range shareCalls {
@@ -137,7 +136,6 @@ func shareRPC(t *testing.T, order string, goFirst bool) {
 		return shareVerdict(failures, pyCalls()-before, len(a.Results))
 	})
 	cell(t, name+": 1,000 calls from the Go client", func() (string, error) {
-		client := r.env.Client(t)
 		before := pyCalls()
 		failures := map[string]int{}
 		var mu sync.Mutex
@@ -172,17 +170,16 @@ func shareRPC(t *testing.T, order string, goFirst bool) {
 
 func shareQueue(t *testing.T, order string, goFirst bool) {
 	name := "queue route example-item.store, " + order
-	var r *replicas
-	check(t, name+": both replicas start", func() error {
-		r = startReplicas(t, goFirst, goShareEnv, "--queue", "example-item.store=record")
-		return r.start
-	})
-	if r == nil || r.start != nil {
+	r := startReplicas(t, goFirst, goShareEnv, "--queue", "example-item.store=record")
+	check(t, name+": both replicas start", func() error { return r.start })
+	if r.start != nil {
 		skipRest(t, name, "Python library's JSONGzipMaster", "Go client")
 		return
 	}
 	database := openDB(t, r.env.Database)
 	ch := r.env.Channel(t)
+	py := startPyClient(t, r.env.VHost)
+	client := r.env.Client(t)
 	t.Cleanup(func() { purge(ch, "example-item.store") })
 
 	// handledOnce waits until every message of prefix was handled by one
@@ -224,7 +221,6 @@ func shareQueue(t *testing.T, order string, goFirst bool) {
 	}
 
 	cell(t, name+": 1,000 messages from the Python library's JSONGzipMaster", func() (string, error) {
-		py := startPyClient(t, r.env.VHost)
 		prefix := testenv.Name("share py ") + " "
 		var items []any
 		for i := range shareCalls {
@@ -243,7 +239,6 @@ func shareQueue(t *testing.T, order string, goFirst bool) {
 		return handledOnce(prefix, fails)
 	})
 	cell(t, name+": 1,000 messages from the Go client", func() (string, error) {
-		client := r.env.Client(t)
 		prefix := testenv.Name("share go ") + " "
 		fails := len(r.pyP.eventsOf("decode_failed", ""))
 		var wg sync.WaitGroup
