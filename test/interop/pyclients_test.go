@@ -43,9 +43,16 @@ func TestPythonClientsToGoService(t *testing.T) {
 	database := openDB(t, env.Database)
 	amqpCh := env.Channel(t)
 
+	catalog := bins.Routes(t)
+	called := map[string]bool{}
 	testRPCSemantics(t, env, proc, py)
 	for _, kind := range pyClientKinds {
+		publish := func(route string, data any) (pyAnswer, error) {
+			called[route] = true
+			return py.publish(kind.name, route, data)
+		}
 		call := func(route string, data any) (envelope, error) {
+			called[route] = true
 			a, err := py.call(kind.name, route, data)
 			if err != nil {
 				return envelope{}, err
@@ -131,7 +138,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 		// Routes of the Go service that the seed does not have: the item
 		// shape is checked by example-items above; here only that each
 		// Python client gets success and failure replies it can read.
-		var id string
+		var id, key string // the item's key and its name, _id or id
 		check(t, prefix+"example-item.create ok", func() error {
 			s := testenv.Name("created by " + kind.name + " ")
 			e, err := call("example-item.create", map[string]any{"string": s, "integer": 3, "json": map[string]any{"k": []int{1, 2}}})
@@ -144,7 +151,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 			}
 			var item map[string]json.RawMessage
 			_ = json.Unmarshal(data, &item)
-			if id = itemID(item); id == "" || !sameJSON(item["string"], mustJSON(s)) || !sameJSON(item["json"], []byte(`{"k":[1,2]}`)) {
+			if id, key = itemID(item); id == "" || !sameJSON(item["string"], mustJSON(s)) || !sameJSON(item["json"], []byte(`{"k":[1,2]}`)) {
 				return fmt.Errorf("example-item.create answered %s", data)
 			}
 			return nil
@@ -169,7 +176,8 @@ func TestPythonClientsToGoService(t *testing.T) {
 				return err
 			}
 			var item map[string]json.RawMessage
-			if json.Unmarshal(data, &item) != nil || itemID(item) != id {
+			_ = json.Unmarshal(data, &item)
+			if got, _ := itemID(item); got != id {
 				return fmt.Errorf("example-item.read %s answered %s", id, data)
 			}
 			return nil
@@ -185,7 +193,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 			if id == "" {
 				return fmt.Errorf("no item: example-item.create failed")
 			}
-			e, err := call("example-item.update", map[string]any{"id": id, "_id": id, "changes": map[string]any{"integer": 9}})
+			e, err := call("example-item.update", map[string]any{key: id, "changes": map[string]any{"integer": 9}})
 			if err != nil {
 				return err
 			}
@@ -200,7 +208,10 @@ func TestPythonClientsToGoService(t *testing.T) {
 			return nil
 		})
 		check(t, prefix+"example-item.update error (unknown column)", func() error {
-			e, err := call("example-item.update", map[string]any{"id": uuid.NewString(), "changes": map[string]any{"no_such_column": 1}})
+			if key == "" {
+				return fmt.Errorf("no item: example-item.create failed")
+			}
+			e, err := call("example-item.update", map[string]any{key: uuid.NewString(), "changes": map[string]any{"no_such_column": 1}})
 			if err != nil {
 				return err
 			}
@@ -228,7 +239,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 		// Queue routes: the effect of each message is observed.
 		check(t, prefix+"queue-test publish (handled: in the service log)", func() error {
 			marker := testenv.Name("queue-test from " + kind.name + " ")
-			if err := published(py.publish(kind.name, "queue-test", marker)); err != nil {
+			if err := published(publish("queue-test", marker)); err != nil {
 				return err
 			}
 			return waitFor(10*time.Second, func() bool { return strings.Contains(proc.Logs(), marker) },
@@ -236,7 +247,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 		})
 		check(t, prefix+"example-item.store publish (a row stored)", func() error {
 			s := testenv.Name("stored by " + kind.name + " ")
-			if err := published(py.publish(kind.name, "example-item.store", map[string]any{"string": s, "integer": 2})); err != nil {
+			if err := published(publish("example-item.store", map[string]any{"string": s, "integer": 2})); err != nil {
 				return err
 			}
 			return waitFor(10*time.Second, func() bool { return countRows(database, s) == 1 },
@@ -244,12 +255,24 @@ func TestPythonClientsToGoService(t *testing.T) {
 		})
 		check(t, prefix+"example-item.store error (dead-lettered)", func() error {
 			marker := testenv.Name("too long from " + kind.name + " ")
-			if err := published(py.publish(kind.name, "example-item.store", map[string]any{"string": strings.Repeat("x", 300) + marker})); err != nil {
+			if err := published(publish("example-item.store", map[string]any{"string": strings.Repeat("x", 300) + marker})); err != nil {
 				return err
 			}
 			return waitDeadLetter(amqpCh, "example-item.store.dlq", marker, 15*time.Second)
 		})
 	}
+	check(t, "every route of the service's catalog is called above", func() error {
+		var missing []string
+		for _, r := range catalog {
+			if !called[r.Name] {
+				missing = append(missing, r.Kind+" "+r.Name)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("`service routes` lists routes no Python client called: %s; add cells for them", strings.Join(missing, ", "))
+		}
+		return nil
+	})
 }
 
 // testRPCSemantics checks what aio-pika's RPC client relies on besides the
@@ -383,15 +406,15 @@ func seedItemShape(item map[string]json.RawMessage) error {
 	return nil
 }
 
-// itemID is the key of an item, under the seed's name _id or the Go
+// itemID is the key of an item and its name: the seed's _id, or the Go
 // service's id.
-func itemID(item map[string]json.RawMessage) string {
-	var id string
-	if json.Unmarshal(item["_id"], &id) == nil && id != "" {
-		return id
+func itemID(item map[string]json.RawMessage) (id, name string) {
+	for _, name := range []string{"_id", "id"} {
+		if json.Unmarshal(item[name], &id) == nil && id != "" {
+			return id, name
+		}
 	}
-	_ = json.Unmarshal(item["id"], &id)
-	return id
+	return "", ""
 }
 
 func mustJSON(v any) []byte {
