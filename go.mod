@@ -17,6 +17,7 @@ require (
 	github.com/moby/buildkit v0.34.2
 	github.com/pelletier/go-toml v1.9.5
 	github.com/rabbitmq/amqp091-go v1.16.0
+	github.com/shopspring/decimal v1.6.0
 	github.com/tailscale/hujson v0.0.0-20260727124030-b80ff77dac4f
 	mvdan.cc/sh/v3 v3.14.1
 )

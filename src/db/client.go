@@ -1,7 +1,10 @@
 // Package db is the service's PostgreSQL layer: a [Client] (a pool of pgx
 // connections under sqlx) with plain query helpers and transactions, and a
-// generic [Model] that gives any struct with db tags create, read, update,
-// delete and list by id.
+// generic [Model] that gives any struct with db tags create, read, update
+// and delete by key, [Model.List] with filters, order and pages,
+// [Model.CreateMany] and [Model.Upsert] in one statement. Dates, money and
+// instants have types of their own ([Date], [Decimal], [Timestamp]) that
+// travel in JSON the way the Python services write them.
 //
 // Errors from this package match [ErrNotFound], [ErrConflict] and
 // [ErrInvalid] with errors.Is, and carry the table, id and constraint or

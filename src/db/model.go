@@ -28,9 +28,15 @@ import (
 //
 // A field without a db tag is the column named by its lowercased name (as in
 // sqlx); `db:"-"` skips a field; embedded structs contribute their fields.
-// The column "id" is the key. A zero key, and a zero field tagged
+// The key is the field tagged `,key` (`db:"_id,key"`, the Python seed's key
+// column), or else the column "id". A zero key, and a zero field tagged
 // `,default`, is left out of INSERT so that the column's database default
 // applies.
+//
+// Dates, money and instants: a date column is a [Date], numeric a [Decimal],
+// timestamptz a [Timestamp] (or time.Time); each travels in JSON as
+// "YYYY-MM-DD", a decimal string and RFC 3339, and a pointer to it holds a
+// nullable column.
 //
 // All SQL is built when the model is made. A Model is safe for concurrent
 // use; [Model.In] gives the same operations inside a transaction. Extend a
@@ -48,10 +54,10 @@ type table struct {
 	cols       []column // in struct order
 	byName     map[string]int
 	key        int    // index into cols of the key column
+	tagged     int    // fields tagged ,key
 	colList    string // "a", "b", ...
 	selectByID string
 	deleteByID string
-	list       string
 	optional   []int    // cols left out of INSERT when zero
 	inserts    sync.Map // uint64 mask of omitted optional cols -> insert SQL
 	updates    sync.Map // sorted column names joined by NUL -> update SQL
@@ -113,7 +119,10 @@ func newTable(rt reflect.Type, name string) (*table, error) {
 		return nil, fmt.Errorf("model of table %q with row type %s: %w", name, rt, err)
 	}
 	if t.key < 0 {
-		return nil, fmt.Errorf("model of table %q: row type %s has no field for the key column \"id\"", name, rt)
+		return nil, fmt.Errorf("model of table %q: row type %s has no key: tag a field `,key` or name a column \"id\"", name, rt)
+	}
+	if t.tagged > 1 {
+		return nil, fmt.Errorf("model of table %q: row type %s tags %d fields `,key`; one column is the key", name, rt, t.tagged)
 	}
 	if len(t.cols) > 64 {
 		return nil, fmt.Errorf("model of table %q: %d columns, at most 64 are supported", name, len(t.cols))
@@ -132,7 +141,6 @@ func newTable(rt reflect.Type, name string) (*table, error) {
 	key := t.cols[t.key].quoted
 	t.selectByID = "SELECT " + t.colList + " FROM " + t.quoted + " WHERE " + key + " = $1"
 	t.deleteByID = "DELETE FROM " + t.quoted + " WHERE " + key + " = $1 RETURNING " + t.colList
-	t.list = "SELECT " + t.colList + " FROM " + t.quoted + " ORDER BY " + key + " LIMIT $1"
 	return t, nil
 }
 
@@ -169,16 +177,27 @@ func (t *table) addFields(rt reflect.Type, index []int) error {
 		c := column{name: name, quoted: quoteIdent(name), index: idx, typ: f.Type, mutable: true}
 		c.asBytes = f.Type != bytesType && f.Type.ConvertibleTo(bytesType) && f.Type.Kind() == reflect.Slice &&
 			!reflect.PointerTo(f.Type).Implements(scannerType)
+		keyTag := false
 		for o := range strings.SplitSeq(opts, ",") {
 			switch o {
 			case "":
 			case "default":
 				c.dbDflt = true
+			case "key":
+				keyTag = true
 			default:
-				return fmt.Errorf("field %s: unknown db tag option %q (known: default)", f.Name, o)
+				return fmt.Errorf("field %s: unknown db tag option %q (known: default, key)", f.Name, o)
 			}
 		}
-		if name == "id" {
+		switch {
+		case keyTag:
+			t.tagged++
+			if t.key >= 0 {
+				t.cols[t.key].isKey, t.cols[t.key].mutable = false, true // "id" is an ordinary column then
+			}
+			c.isKey, c.mutable = true, false
+			t.key = len(t.cols)
+		case name == "id" && t.tagged == 0:
 			c.isKey, c.mutable = true, false
 			t.key = len(t.cols)
 		}
@@ -413,21 +432,6 @@ func (m *Model[T]) Delete(ctx context.Context, id any) (T, error) {
 		return out, fmt.Errorf("delete from %s: %w", m.t.name, classify(err, m.t.name, id))
 	}
 	return out, nil
-}
-
-// List returns at most limit rows, ordered by key. limit must be positive.
-func (m *Model[T]) List(ctx context.Context, limit int) ([]T, error) {
-	if limit <= 0 {
-		return nil, fmt.Errorf("list %s: %w", m.t.name, &InvalidError{
-			Table:  m.t.name,
-			Reason: fmt.Sprintf("limit %d: give a positive number of rows", limit),
-		})
-	}
-	rows, err := m.Query(ctx, m.t.list, limit)
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", m.t.name, err)
-	}
-	return rows, nil
 }
 
 // Query runs a hand-written query that returns the model's columns in the

@@ -76,7 +76,7 @@ func TestCRUD(t *testing.T) {
 		t.Errorf("update note to NULL: %+v, %v", u.Note, err)
 	}
 
-	list, err := things.List(ctx, 10)
+	list, err := things.List(ctx, db.ListOptions{Limit: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +85,11 @@ func TestCRUD(t *testing.T) {
 	if len(list) != 2 || list[0].ID.String() != ids[0] || list[1].ID.String() != ids[1] {
 		t.Errorf("list(10) = %v, want both rows ordered by id", list)
 	}
-	if one, err := things.List(ctx, 1); err != nil || len(one) != 1 {
+	if one, err := things.List(ctx, db.ListOptions{Limit: 1}); err != nil || len(one) != 1 {
 		t.Errorf("list(1) = %d rows, %v", len(one), err)
 	}
-	if _, err := things.List(ctx, 0); !errors.Is(err, db.ErrInvalid) {
-		t.Errorf("list(0): %v, want ErrInvalid", err)
+	if _, err := things.List(ctx, db.ListOptions{Limit: -1}); !errors.Is(err, db.ErrInvalid) {
+		t.Errorf("list(-1): %v, want ErrInvalid", err)
 	}
 
 	deleted, err := things.Delete(ctx, created.ID)
@@ -376,7 +376,7 @@ func TestConcurrentCRUD(t *testing.T) {
 				if got, err := things.Update(ctx, row.ID, map[string]any{"count": int16(i)}); err != nil || got.Count != int16(i) {
 					return fmt.Errorf("update %s: got %d: %w", name, got.Count, err)
 				}
-				if _, err := things.List(ctx, 5); err != nil {
+				if _, err := things.List(ctx, db.ListOptions{Limit: 5}); err != nil {
 					return err
 				}
 				if i%2 == 0 {
@@ -415,15 +415,21 @@ func TestNewModelRefusesBadRowTypes(t *testing.T) {
 	type badOpt struct {
 		ID uuid.UUID `db:"id,primary"`
 	}
+	type twoKeys struct {
+		A uuid.UUID `db:"a,key"`
+		B uuid.UUID `db:"b,key"`
+	}
 	cases := map[string]error{
 		"no id":      errOf(db.NewModel[noID](nil, "t")),
 		"not struct": errOf(db.NewModel[int](nil, "t")),
 		"duplicate":  errOf(db.NewModel[dup](nil, "t")),
 		"bad option": errOf(db.NewModel[badOpt](nil, "t")),
 		"bad table":  errOf(db.NewModel[Thing](nil, "a..b")),
+		"two keys":   errOf(db.NewModel[twoKeys](nil, "t")),
 	}
 	want := map[string]string{
-		"no id": `no field for the key column "id"`, "not struct": "not a struct",
+		"no id": "has no key: tag a field `,key` or name a column \"id\"", "not struct": "not a struct",
+		"two keys":  "tags 2 fields `,key`",
 		"duplicate": `column "x" named by two fields`, "bad option": `unknown db tag option "primary"`, "bad table": `bad table name "a..b"`,
 	}
 	for name, err := range cases {

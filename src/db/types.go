@@ -3,10 +3,13 @@ package db
 import (
 	"database/sql/driver"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/shopspring/decimal"
 )
 
 // Array is a PostgreSQL array column (varchar[], int[], uuid[], ...) as a Go
@@ -120,4 +123,222 @@ func (j *JSON[T]) UnmarshalJSON(b []byte) error {
 	}
 	*j = JSON[T]{V: v, Valid: true}
 	return nil
+}
+
+// Decimal is a PostgreSQL numeric column as an exact decimal: no float
+// rounding on the way in or out. It is shopspring's decimal.Decimal
+// (github.com/shopspring/decimal), so its constructors (decimal.NewFromString,
+// decimal.RequireFromString, decimal.NewFromInt) and arithmetic (Add, Mul,
+// Round, Cmp, ...) apply. Its contract here:
+//
+//   - In JSON it is a string of its exact value: "12.5", "-0.001",
+//     "1000000000000000000000000000000" (trailing zeros after the point are
+//     dropped: numeric(11, 2)'s 12.50 comes out "12.5"; StringFixed(2) keeps
+//     them). Do not set decimal.MarshalJSONWithoutQuotes: numbers read into a
+//     float64 by the caller would lose digits.
+//   - From JSON it takes a string or a number, reading the number's text
+//     exactly: a Python service that encodes Decimal as float (as
+//     cheese-drawer's transaction-service does) is read without further loss.
+//   - A nullable column is a *Decimal: NULL and JSON null are nil. Scanning
+//     NULL into a Decimal is an error; so is numeric's NaN or Infinity.
+type Decimal = decimal.Decimal
+
+// Date is a PostgreSQL date: a day, without time of day or zone. Its zero
+// value is the zero Date (Year 0), which a `,default` field leaves to the
+// column's default.
+//
+// In JSON (and as text) it is "YYYY-MM-DD", the form Python's
+// date.isoformat writes and date.fromisoformat reads; years run from 1 to
+// 9999, as Python's do. A nullable column is a *Date: NULL and JSON null
+// are nil. PostgreSQL's 'infinity' and '-infinity' are refused when scanned.
+type Date struct {
+	Year  int
+	Month time.Month
+	Day   int
+}
+
+// DateOf returns the date of t in t's location.
+func DateOf(t time.Time) Date {
+	y, m, d := t.Date()
+	return Date{y, m, d}
+}
+
+// ParseDate parses "YYYY-MM-DD". It refuses other forms and days that do
+// not exist (2023-02-29).
+func ParseDate(s string) (Date, error) {
+	t, err := time.Parse(time.DateOnly, s)
+	if err != nil || len(s) != len(time.DateOnly) {
+		return Date{}, fmt.Errorf("date %q: want YYYY-MM-DD, a day that exists", s)
+	}
+	return DateOf(t), nil
+}
+
+// String returns "YYYY-MM-DD".
+func (d Date) String() string {
+	return fmt.Sprintf("%04d-%02d-%02d", d.Year, int(d.Month), d.Day)
+}
+
+// IsZero reports whether d is the zero Date.
+func (d Date) IsZero() bool { return d == Date{} }
+
+// In returns midnight of d in loc.
+func (d Date) In(loc *time.Location) time.Time {
+	return time.Date(d.Year, d.Month, d.Day, 0, 0, 0, 0, loc)
+}
+
+// AddDays returns d plus n days (n may be negative).
+func (d Date) AddDays(n int) Date { return DateOf(d.In(time.UTC).AddDate(0, 0, n)) }
+
+// Compare returns -1, 0 or +1 as d is before, equal to or after e.
+func (d Date) Compare(e Date) int { return d.In(time.UTC).Compare(e.In(time.UTC)) }
+
+// MarshalText writes "YYYY-MM-DD" (and through it, JSON writes the
+// string); a year outside 1..9999 is an error.
+func (d Date) MarshalText() ([]byte, error) {
+	if d.Year < 1 || d.Year > 9999 {
+		return nil, fmt.Errorf("date %s: year outside 1..9999 cannot be written as YYYY-MM-DD", d)
+	}
+	return []byte(d.String()), nil
+}
+
+// UnmarshalText reads "YYYY-MM-DD" (and through it, JSON reads the string;
+// JSON null leaves d unchanged).
+func (d *Date) UnmarshalText(b []byte) error {
+	v, err := ParseDate(string(b))
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
+
+// Scan implements sql.Scanner for date columns.
+func (d *Date) Scan(src any) error {
+	switch s := src.(type) {
+	case time.Time:
+		*d = DateOf(s)
+		return nil
+	case string:
+		return d.scanText(s)
+	case []byte:
+		return d.scanText(string(s))
+	case nil:
+		return errors.New("scan NULL into db.Date: make the field a *db.Date for a nullable column")
+	}
+	return fmt.Errorf("scan %T into db.Date: want a date column", src)
+}
+
+func (d *Date) scanText(s string) error {
+	if s == "infinity" || s == "-infinity" {
+		return fmt.Errorf("scan date %s into db.Date: it has no calendar day", s)
+	}
+	return d.UnmarshalText([]byte(s))
+}
+
+// Value implements driver.Valuer: midnight UTC of d, which the driver
+// writes as the date d.
+func (d Date) Value() (driver.Value, error) {
+	if d.Year < 1 || d.Year > 9999 {
+		return nil, fmt.Errorf("date %s: year outside 1..9999", d)
+	}
+	return d.In(time.UTC), nil
+}
+
+// Timestamp is a PostgreSQL timestamptz: an instant, to the microsecond as
+// PostgreSQL keeps it. It embeds time.Time, whose methods apply; its zero
+// value (IsZero) is what a `,default` field leaves to the column's default.
+//
+// In JSON (and as text) it is RFC 3339 in UTC with exactly six fractional
+// digits, "2024-02-29T23:59:59.123456+00:00": what Python's
+// datetime.isoformat writes for an aware UTC datetime with microseconds, and
+// what datetime.fromisoformat reads on every Python since 3.7 (3.9's
+// accepts no "Z" and no other number of digits). Finer digits are dropped,
+// when written to the database as well, so a value read back equals the
+// one written. From JSON it takes any RFC 3339 time ("Z" or an offset, any
+// fraction); a time without an offset is refused: its zone is unknown.
+//
+// A nullable column is a *Timestamp: NULL and JSON null are nil.
+// PostgreSQL's 'infinity' and '-infinity' are refused when scanned.
+type Timestamp struct{ time.Time }
+
+// timestampLayout is RFC 3339 with six fractional digits and a numeric offset.
+const timestampLayout = "2006-01-02T15:04:05.000000-07:00"
+
+// NewTimestamp returns t as a Timestamp: in UTC, to the microsecond.
+func NewTimestamp(t time.Time) Timestamp {
+	return Timestamp{t.UTC().Truncate(time.Microsecond)}
+}
+
+// String returns the JSON form without quotes.
+func (ts Timestamp) String() string {
+	return ts.UTC().Truncate(time.Microsecond).Format(timestampLayout)
+}
+
+// MarshalText writes the RFC 3339 form (and through it, JSON the string).
+func (ts Timestamp) MarshalText() ([]byte, error) {
+	if y := ts.UTC().Year(); y < 1 || y > 9999 {
+		return nil, fmt.Errorf("timestamp %s: year outside 1..9999", ts.Time)
+	}
+	return []byte(ts.String()), nil
+}
+
+// MarshalJSON writes the RFC 3339 form as a JSON string. (It is declared
+// so that time.Time's own MarshalJSON, promoted by embedding, is not used.)
+func (ts Timestamp) MarshalJSON() ([]byte, error) {
+	b, err := ts.MarshalText()
+	if err != nil {
+		return nil, err
+	}
+	return append(append([]byte{'"'}, b...), '"'), nil
+}
+
+// UnmarshalText reads an RFC 3339 time with an offset.
+func (ts *Timestamp) UnmarshalText(b []byte) error {
+	t, err := time.Parse(time.RFC3339Nano, string(b))
+	if err != nil {
+		return fmt.Errorf("timestamp %q: want RFC 3339 with an offset, e.g. 2024-02-29T23:59:59.123456+00:00", b)
+	}
+	*ts = NewTimestamp(t)
+	return nil
+}
+
+// UnmarshalJSON reads a JSON string holding an RFC 3339 time; null leaves
+// ts unchanged.
+func (ts *Timestamp) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("timestamp %s: want a JSON string in RFC 3339", b)
+	}
+	return ts.UnmarshalText([]byte(s))
+}
+
+// Scan implements sql.Scanner for timestamptz columns.
+func (ts *Timestamp) Scan(src any) error {
+	switch s := src.(type) {
+	case time.Time:
+		*ts = NewTimestamp(s)
+		return nil
+	case string:
+		return ts.scanText(s)
+	case []byte:
+		return ts.scanText(string(s))
+	case nil:
+		return errors.New("scan NULL into db.Timestamp: make the field a *db.Timestamp for a nullable column")
+	}
+	return fmt.Errorf("scan %T into db.Timestamp: want a timestamptz column", src)
+}
+
+func (ts *Timestamp) scanText(s string) error {
+	if s == "infinity" || s == "-infinity" {
+		return fmt.Errorf("scan timestamp %s into db.Timestamp: it is no instant", s)
+	}
+	return ts.UnmarshalText([]byte(s))
+}
+
+// Value implements driver.Valuer: the instant in UTC, to the microsecond.
+func (ts Timestamp) Value() (driver.Value, error) {
+	return ts.UTC().Truncate(time.Microsecond), nil
 }

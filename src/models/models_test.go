@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/shopspring/decimal"
 
 	"example.com/service/src/db"
 	"example.com/service/src/models"
@@ -71,6 +72,7 @@ func TestSchemaMatchesRowTypes(t *testing.T) {
 	checked := map[string]string{
 		"simple":       models.NewSimples(c).Columns(),
 		"example_item": models.NewExampleItems(c).Columns(),
+		"transaction":  models.NewTransactions(c).Columns(),
 	}
 	for _, table := range tables {
 		if _, ok := checked[table]; !ok {
@@ -226,8 +228,99 @@ func TestSimples(t *testing.T) {
 	if got, _ := simples.Read(ctx, full.ID); *got.Integer != -32768 {
 		t.Error("a refused update changed the row")
 	}
-	list, err := simples.List(ctx, 100)
+	list, err := simples.List(ctx, db.ListOptions{Limit: 100})
 	if err != nil || len(list) != 2 {
 		t.Errorf("list: %d rows, %v", len(list), err)
+	}
+}
+
+func TestTransactions(t *testing.T) {
+	c := newClient(t)
+	ctx := context.Background()
+	txs := models.NewTransactions(c)
+	account := uuid.New()
+	day := db.Date{Year: 2024, Month: time.February, Day: 27}
+	city := "Chicago"
+	made := func(n int, plaid string) models.Transaction {
+		return models.Transaction{
+			Amount: decimal.RequireFromString(fmt.Sprintf("%d.99", n)), Payee: fmt.Sprint("payee ", n),
+			DateAuthorized: day.AddDays(n), Date: day.AddDays(n + 1), AccountID: account,
+			Category: db.Array[string]{"Food", "Groceries"}, Location: db.NewJSON(models.Location{City: &city}),
+			PlaidTransactionID: plaid,
+		}
+	}
+	var batch []models.Transaction
+	for i := range 60 {
+		batch = append(batch, made(i%5, fmt.Sprint("plaid-", i)))
+	}
+	stored, err := txs.Import(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stored) != 60 || stored[0].ID == uuid.Nil || stored[0].CreatedAt.IsZero() {
+		t.Fatalf("import stored %d rows, first %+v", len(stored), stored[0])
+	}
+
+	// Pages newest first, at most 50.
+	page, err := txs.Page(ctx, 0, 0)
+	if err != nil || len(page) != models.MaxTransactionsPage {
+		t.Fatalf("first page: %d rows, %v", len(page), err)
+	}
+	if page[0].Date != day.AddDays(5) || page[len(page)-1].Date.Compare(page[0].Date) > 0 {
+		t.Errorf("page starts with %v: want the newest date %v first", page[0].Date, day.AddDays(5))
+	}
+	if rest, err := txs.Page(ctx, 50, 50); err != nil || len(rest) != 10 {
+		t.Errorf("second page: %d rows, %v; want the last 10", len(rest), err)
+	}
+	if _, err := txs.Page(ctx, 51, 0); !errors.Is(err, db.ErrInvalid) {
+		t.Errorf("page of 51: %v, want ErrInvalid (transaction-service's limit is 50)", err)
+	}
+	inRange, err := txs.ForAccount(ctx, account, day.AddDays(2), day.AddDays(3), 0)
+	if err != nil || len(inRange) != 24 { // n = 1 and 2: 12 rows each
+		t.Errorf("ForAccount of two days: %d rows, %v", len(inRange), err)
+	}
+
+	// A re-import updates what the bank changed and keeps the rest.
+	budget := uuid.New()
+	first := stored[0]
+	if _, err := txs.Update(ctx, first.ID, map[string]any{"spent_from_id": budget}); err != nil {
+		t.Fatal(err)
+	}
+	again := made(0, first.PlaidTransactionID)
+	again.Amount, again.Pending = decimal.RequireFromString("1234567.10"), true
+	updated, err := txs.Import(ctx, []models.Transaction{again})
+	if err != nil || len(updated) != 1 {
+		t.Fatalf("re-import: %v, %v", updated, err)
+	}
+	u := updated[0]
+	if u.ID != first.ID || !u.Amount.Equal(again.Amount) || !u.Pending || u.SpentFromID == nil || *u.SpentFromID != budget || !u.CreatedAt.Equal(first.CreatedAt.Time) {
+		t.Errorf("re-import gave %+v; want the new amount and pending, the same key, budget item and created_at", u)
+	}
+	var n int
+	if err := c.Get(ctx, &n, `SELECT count(*) FROM "transaction"`); err != nil || n != 60 {
+		t.Errorf("%d transactions after a re-import, want 60 (%v)", n, err)
+	}
+
+	// The JSON a route answers: amount a decimal string, dates as days.
+	b, err := json.Marshal(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`"_id":"` + u.ID.String() + `"`, `"amount":"1234567.1"`, `"date_authorized":"2024-02-27"`, `"date":"2024-02-28"`,
+		`"spent_from_id":"` + budget.String() + `"`, `"location":{"address":null,"city":"Chicago"`, `"created_at":"` + u.CreatedAt.String() + `"`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON %s lacks %s", b, want)
+		}
+	}
+	// And what a Python transaction-service sends (Decimal as a float,
+	// date.isoformat()) reads back exactly.
+	var fromPython models.Transaction
+	if err := json.Unmarshal([]byte(`{"amount": 19.99, "date": "2024-03-01", "date_authorized": "2024-02-29", "location": {}, "category": []}`), &fromPython); err != nil {
+		t.Fatal(err)
+	}
+	if fromPython.Amount.String() != "19.99" || fromPython.Date != (db.Date{Year: 2024, Month: time.March, Day: 1}) {
+		t.Errorf("from Python: amount %v date %v", fromPython.Amount, fromPython.Date)
 	}
 }

@@ -239,6 +239,7 @@ func Launch(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 	}
 	cmd := exec.Command(b.Service)
 	cmd.Dir = b.Root
+	cmd.SysProcAttr = DieWithParent()
 	// Every setting explicit, as production mode wants them.
 	cmd.Env = append(childEnv(), "MODE=development", "BROKER_VHOST="+env.VHost,
 		"BROKER_USER="+testenv.Env("BROKER_USER", "guest"), "BROKER_PASS="+testenv.Env("BROKER_PASS", "guest"))
