@@ -49,6 +49,13 @@ type exception struct{ msg string }
 func (e *exception) Error() string     { return e.msg }
 func (e *exception) ErrorType() string { return "Exception" }
 
+// typeError is Python's TypeError, which the seed's routes raised on data of
+// the wrong type.
+type typeError struct{ msg string }
+
+func (e *typeError) Error() string     { return e.msg }
+func (e *typeError) ErrorType() string { return "TypeError" }
+
 // preview is a short, one-line prefix of data for a log line: a payload can
 // be megabytes.
 func preview(data []byte, n int) string {
@@ -62,14 +69,32 @@ func preview(data []byte, n int) string {
 	return string(data[:cut]) + "..."
 }
 
-// addBar returns o with "bar": "baz" added; o itself is left unchanged.
-func addBar(_ context.Context, o map[string]any) (map[string]any, error) {
-	if o == nil {
-		return nil, badRequest(`dictionary needs a JSON object as data, e.g. {"data": {"foo": 1}}; got null`)
+// addBar returns the object data with "bar": "baz" added; data itself is
+// left unchanged. Data that is not an object fails as the seed's route did
+// (its item assignment raised a TypeError).
+func addBar(_ context.Context, data any) (map[string]any, error) {
+	o, ok := data.(map[string]any)
+	if !ok {
+		return nil, &typeError{fmt.Sprintf(`dictionary needs a JSON object as data, e.g. {"data": {"foo": 1}}; got %s`, jsonKind(data))}
 	}
 	out := maps.Clone(o)
 	out["bar"] = "baz"
 	return out, nil
+}
+
+// jsonKind names the JSON type of a decoded value, for messages.
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	case []any:
+		return "an array"
+	}
+	return "a number"
 }
 
 // newItem is the data of example-item.create and example-item.store.
@@ -97,7 +122,7 @@ func (n newItem) toItem() (models.ExampleItem, error) {
 
 // itemChanges is the data of example-item.update.
 type itemChanges struct {
-	ID      uuid.UUID                  `json:"id"`
+	ID      uuid.UUID                  `json:"_id"`
 	Changes map[string]json.RawMessage `json:"changes"` // decoded per column by the model
 }
 
@@ -106,10 +131,10 @@ type itemChanges struct {
 func (c itemChanges) check() error {
 	switch {
 	case c.ID == uuid.Nil:
-		return badRequest(`example-item.update needs {"id": "<uuid>", "changes": {...}}; "id" is missing`)
+		return badRequest(`example-item.update needs {"_id": "<uuid>", "changes": {...}}; "_id" is missing`)
 	case len(c.Changes) == 0:
 		return badRequest("example-item.update of %s: \"changes\" is empty, nothing to update", c.ID)
-	case hasKey(c.Changes, "id"):
+	case hasKey(c.Changes, "_id"):
 		return badRequest("example-item.update of %s: the id cannot be changed", c.ID)
 	}
 	return nil
@@ -121,9 +146,10 @@ func hasKey[V any](m map[string]V, key string) bool {
 }
 
 // wantString is the rule of example-items: a string to match is required.
+// Without one it fails as the seed's route did, with a plain Exception.
 func wantString(s *string) (string, error) {
 	if s == nil {
-		return "", badRequest(`example-items needs a string to match as data, e.g. {"data": "foo"}; got none`)
+		return "", &exception{`No Message: no message body was sent when one is required (example-items needs a string to match, e.g. {"data": "foo"})`}
 	}
 	return *s, nil
 }

@@ -152,8 +152,10 @@ func TestAddBarLeavesItsInputAlone(t *testing.T) {
 	if out["bar"] != "baz" || out["foo"] != 1.0 || len(in) != 1 {
 		t.Errorf("addBar(%v) = %v", in, out)
 	}
-	if _, err := addBar(context.Background(), nil); errorType(err) != "BadRequest" {
-		t.Errorf("addBar(nil) = %v, want a BadRequest", err)
+	for _, data := range []any{nil, "x", []any{1.0}} {
+		if _, err := addBar(context.Background(), data); errorType(err) != "TypeError" {
+			t.Errorf("addBar(%v) = %v, want a TypeError, as the seed's route raised", data, err)
+		}
 	}
 }
 
@@ -189,17 +191,17 @@ func TestItemChangesRules(t *testing.T) {
 		wantErr string
 	}{
 		{itemChanges{ID: id, Changes: map[string]json.RawMessage{"integer": json.RawMessage("1")}}, ""},
-		{itemChanges{Changes: map[string]json.RawMessage{"integer": json.RawMessage("1")}}, `"id" is missing`},
+		{itemChanges{Changes: map[string]json.RawMessage{"integer": json.RawMessage("1")}}, `"_id" is missing`},
 		{itemChanges{ID: id}, "nothing to update"},
-		{itemChanges{ID: id, Changes: map[string]json.RawMessage{"id": json.RawMessage("null")}}, "cannot be changed"},
+		{itemChanges{ID: id, Changes: map[string]json.RawMessage{"_id": json.RawMessage("null")}}, "cannot be changed"},
 	} {
 		err := tc.in.check()
 		if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
 			t.Errorf("check(%+v) = %v, want %q", tc.in, err, tc.wantErr)
 		}
 	}
-	if _, err := wantString(nil); err == nil || errorType(err) != "BadRequest" {
-		t.Errorf("wantString(nil) = %v, want a BadRequest", err)
+	if _, err := wantString(nil); err == nil || errorType(err) != "Exception" || !strings.HasPrefix(err.Error(), "No Message") {
+		t.Errorf("wantString(nil) = %v, want the seed's Exception", err)
 	}
 }
 

@@ -11,10 +11,11 @@ import (
 )
 
 // ExampleItem is a row of the table example_item (example_item.sql). Its
-// JSON form {"id", "string", "integer", "json"} is what the service's RPC
-// routes return.
+// JSON form {"_id", "string", "integer", "json"} is what the service's RPC
+// routes return, as the Python seed's did; its key column is "_id" too, as
+// the seed's table.
 type ExampleItem struct {
-	ID      uuid.UUID       `db:"id" json:"id"` // zero: the database picks one
+	ID      uuid.UUID       `db:"_id,key" json:"_id"` // zero: the database picks one
 	String  string          `db:"string" json:"string"`
 	Integer int16           `db:"integer" json:"integer"`
 	JSON    json.RawMessage `db:"json" json:"json"` // any JSON value; nil is NULL
@@ -33,7 +34,7 @@ func NewExampleItems(c *db.Client) *ExampleItems {
 	return &ExampleItems{
 		Model: m,
 		allByString: "SELECT " + m.Columns() + " FROM " + m.QuotedTable() +
-			` WHERE "string" = $1 ORDER BY "id"`,
+			` WHERE "string" = $1 ORDER BY "_id"`,
 	}
 }
 

@@ -140,7 +140,7 @@ func TestExampleItems(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantJSON := fmt.Sprintf(`{"id":"%s","string":"b","integer":1,"json":{"i":1}}`, made[1].ID)
+	wantJSON := fmt.Sprintf(`{"_id":"%s","string":"b","integer":1,"json":{"i":1}}`, made[1].ID)
 	if string(b) != wantJSON {
 		t.Errorf("JSON of an item = %s, want %s", b, wantJSON)
 	}

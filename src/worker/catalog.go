@@ -77,8 +77,8 @@ func checkRoute(route string, h Handler) {
 	if route == "" || h == nil {
 		panic(fmt.Sprintf("worker: Handle(%q, %v): empty route or nil handler", route, h))
 	}
-	if strings.HasPrefix(route, "amq.") {
-		panic(fmt.Sprintf("worker: Handle(%q): names starting with amq. are reserved by RabbitMQ", route))
+	if strings.HasPrefix(route, "amq.") || strings.HasPrefix(route, "amq_") {
+		panic(fmt.Sprintf("worker: Handle(%q): names starting with amq. are RabbitMQ's, and amq_ those of aio-pika's reply queues (replies go there)", route))
 	}
 }
 

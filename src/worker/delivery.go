@@ -106,8 +106,9 @@ func deadlineOf(d *amqp.Delivery) time.Time {
 	return time.Time{}
 }
 
-// AMQP types of replies, as aio-pika's RPC (the Python seed's) sets and
-// requires them.
+// AMQP types of replies as aio-pika's RPC (the Python seed's) sets them:
+// every reply of this package is "result"; "error" is aio-pika's for an
+// exception object.
 const (
 	replyResult = "result"
 	replyError  = "error"
@@ -126,9 +127,9 @@ func (c *consumer) reply(ack *acker, d *amqp.Delivery, out []byte, gz bool, err 
 		ack.ack(d.DeliveryTag)
 		return
 	}
-	body, typ := encodeSuccess(out), replyResult
+	body := encodeSuccess(out)
 	if err != nil {
-		body, typ = encodeFailure(wire(c.failed(err, 1), s.opts.development)), replyError
+		body = encodeFailure(wire(c.failed(err, 1), s.opts.development))
 	}
 	if d.ReplyTo == "" {
 		ack.ack(d.DeliveryTag)
@@ -141,8 +142,12 @@ func (c *consumer) reply(ack *acker, d *amqp.Delivery, out []byte, gz bool, err 
 	ack.replyAndAck(d.DeliveryTag, d.ReplyTo, amqp.Publishing{
 		ContentType:   ct,
 		CorrelationId: d.CorrelationId,
-		Type:          typ,
-		Body:          body,
+		// "result" for failures too, as lib-python-amqp-worker answers:
+		// aio-pika callers take "error" as an exception object, and hang
+		// (6.8) or raise (8) on the envelope.
+		Type:         replyResult,
+		DeliveryMode: d.DeliveryMode,
+		Body:         body,
 	})
 }
 
@@ -177,7 +182,8 @@ func (c *consumer) failed(err error, attempts int) *outcome {
 
 // wire is the error member of a failure reply for o.
 func wire(o *outcome, development bool) wireError {
-	we := wireError{Type: o.Type, Message: truncate(o.Public, maxReplyText), ID: o.ID}
+	msg := truncate(o.Public, maxReplyText)
+	we := wireError{Type: o.Type, Message: msg, Args: []any{msg}, ID: o.ID}
 	if development {
 		if o.Panic != nil {
 			we.GoType = fmt.Sprintf("panic(%T)", o.Panic.value)

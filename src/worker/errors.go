@@ -83,6 +83,7 @@ type RemoteError struct {
 	Route   string
 	Type    string // e.g. "NotFound", "BadRequest", "Error"
 	Message string
+	Args    []any  // the exception's args, as a Python service sends them (this package's: [Message])
 	ID      string // the id the remote service logged the error under
 	GoType  string // development mode only
 	Trace   string // development mode only

@@ -132,6 +132,7 @@ func decodeData(data json.RawMessage, v any, o decodeOptions) error {
 		return nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber() // an any or map payload keeps its numbers exact (json.Number), as Python's ints and Decimals
 	if !o.allowUnknown {
 		dec.DisallowUnknownFields()
 	}

@@ -70,12 +70,13 @@ func newQueueSettings(k kind, o options) queueSettings {
 }
 
 // ReplyQueue reports whether replyTo names a queue that replies may go to:
-// RabbitMQ's direct reply-to (amq.rabbitmq.reply-to...) or a server-named
-// queue (amq.gen-...), which is what RPC clients declare for their replies.
-// Route names cannot start with "amq.", so a reply never lands in a
-// route's queue.
+// RabbitMQ's direct reply-to (amq.rabbitmq.reply-to...), a server-named
+// queue (amq.gen-..., what pika and most RPC clients declare), or an
+// aio-pika RPC caller's result queue (amq_..., as lib-python-amqp-worker's
+// callers name theirs). Route names may not start with "amq." or "amq_",
+// so a reply never lands in a route's queue.
 func ReplyQueue(replyTo string) bool {
-	return strings.HasPrefix(replyTo, "amq.rabbitmq.reply-to") || strings.HasPrefix(replyTo, "amq.gen-")
+	return strings.HasPrefix(replyTo, "amq.rabbitmq.reply-to") || strings.HasPrefix(replyTo, "amq.gen-") || strings.HasPrefix(replyTo, "amq_")
 }
 
 // routeQueue returns how route's queue is declared: durable or not, and its
@@ -85,7 +86,11 @@ func (q queueSettings) routeQueue(k kind, route string) (durable bool, args amqp
 		if q.typ == Quorum {
 			return true, amqp.Table{"x-queue-type": string(Quorum)}
 		}
-		return false, nil // as the seed declares them
+		// As aio-pika's RPC (the Python fleet's) declares them, so replicas
+		// of both can share a route; a request that expires in the queue
+		// goes to rpc.dlx, through which an aio-pika caller learns it timed
+		// out.
+		return false, amqp.Table{"x-dead-letter-exchange": "rpc.dlx"}
 	}
 	if q.typ == Classic {
 		// As the seed (and lib-python-amqp-worker) declares them: durable,

@@ -449,12 +449,16 @@ func marshal(v any) ([]byte, error) {
 }
 
 // wireError is the error member of a failure reply.
+// It has the members lib-python-amqp-worker's ErrResponse always sends
+// (type, message, args, trace; trace empty in production), so Python
+// callers that read them find them.
 type wireError struct {
 	Type    string `json:"type"`
 	Message string `json:"message"`
+	Args    []any  `json:"args"`
+	Trace   string `json:"trace"`
 	ID      string `json:"id,omitempty"`
 	GoType  string `json:"go_type,omitempty"`
-	Trace   string `json:"trace,omitempty"`
 }
 
 // failure is a failure reply body as it travels.
@@ -478,7 +482,7 @@ func encodeSuccess(data []byte) []byte {
 func encodeFailure(e wireError) []byte {
 	b, err := marshal(failure{Error: e})
 	if err != nil { // strings only: cannot happen, but never send nothing
-		return []byte(`{"success":false,"error":{"type":"Error","message":"unencodable error"}}`)
+		return []byte(`{"success":false,"error":{"type":"Error","message":"unencodable error","args":["unencodable error"],"trace":""}}`)
 	}
 	return b
 }
@@ -526,7 +530,7 @@ func decodeReply(route string, body []byte, lim limits) (json.RawMessage, error)
 	if errMember == nil || json.Unmarshal(errMember, &we) != nil {
 		return nil, &RemoteError{Route: route, Type: TypeError, Message: "failure reply without a valid error member"}
 	}
-	return nil, &RemoteError{Route: route, Type: we.Type, Message: we.Message, ID: we.ID, GoType: we.GoType, Trace: we.Trace}
+	return nil, &RemoteError{Route: route, Type: we.Type, Message: we.Message, Args: we.Args, ID: we.ID, GoType: we.GoType, Trace: we.Trace}
 }
 
 // Encoding is how a [Client] encodes the bodies it sends.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -100,13 +101,19 @@ func TestReplyRoundTrip(t *testing.T) {
 	if err != nil || string(data) != `null` {
 		t.Fatalf("gzip null success: %s, %v", data, err)
 	}
-	_, err = decodeReply("r", encodeFailure(wireError{Type: "NotFound", Message: "no \"x\""}), defaultLimits)
+	_, err = decodeReply("r", encodeFailure(wireError{Type: "NotFound", Message: "no \"x\"", Args: []any{`no "x"`}}), defaultLimits)
 	var re *RemoteError
-	if !errors.As(err, &re) || *re != (RemoteError{Route: "r", Type: "NotFound", Message: `no "x"`}) {
+	if !errors.As(err, &re) || !reflect.DeepEqual(*re, RemoteError{Route: "r", Type: "NotFound", Message: `no "x"`, Args: []any{`no "x"`}}) {
 		t.Fatalf("failure: %#v", err)
 	}
-	if got := string(encodeFailure(wireError{Type: "T", Message: "m"})); got != `{"success":false,"error":{"type":"T","message":"m"}}` {
+	// The members lib-python-amqp-worker always sends: type, message, args, trace.
+	if got := string(encodeFailure(wireError{Type: "T", Message: "m", Args: []any{"m"}})); got != `{"success":false,"error":{"type":"T","message":"m","args":["m"],"trace":""}}` {
 		t.Fatalf("failure envelope = %s", got)
+	}
+	// A Python service's envelope, args and all.
+	_, err = decodeReply("r", []byte(`{"success": false, "error": {"type": "ValueError", "message": "ValueError('bad', 3)", "args": ["bad", 3], "trace": "Traceback..."}}`), defaultLimits)
+	if !errors.As(err, &re) || re.Type != "ValueError" || len(re.Args) != 2 || re.Args[0] != "bad" || re.Trace != "Traceback..." {
+		t.Fatalf("Python failure: %#v", err)
 	}
 }
 
