@@ -103,17 +103,7 @@ func testRoutes(t *testing.T, call caller, admin *sql.DB) {
 	})
 	t.Run("db", func(t *testing.T) {
 		// The tables the .sql files made, as PostgreSQL lists them.
-		var tables []string
-		rows, err := admin.QueryContext(context.Background(), `SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var name string
-			_ = rows.Scan(&name)
-			tables = append(tables, name)
-		}
-		_ = rows.Close()
+		tables := testenv.Strings(t, admin, `SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename`)
 		want, _ := json.Marshal(tables)
 		wantData(t, call(t, "db", nil), string(want))
 	})

@@ -232,24 +232,38 @@ func CreateDatabase(tb testing.TB, prefix string) string {
 // exited and that nobody is connected to.
 func staleDatabases(tb testing.TB, admin *sql.DB, prefix string) []string {
 	tb.Helper()
-	rows, err := admin.QueryContext(context.Background(),
-		`SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
-		 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)`, prefix)
-	if err != nil {
-		tb.Fatalf("list leftover databases with prefix %q: %v", prefix, err)
-	}
-	defer rows.Close()
 	var names []string
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			tb.Fatalf("list leftover databases with prefix %q: %v", prefix, err)
-		}
+	for _, name := range Strings(tb, admin,
+		`SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
+		 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)`, prefix) {
 		if Orphaned(name, prefix) {
 			names = append(names, name)
 		}
 	}
 	return names
+}
+
+// Strings runs query, whose rows are one text column, and returns the
+// column's values in row order; an error fails the test naming the query.
+func Strings(tb testing.TB, db *sql.DB, query string, args ...any) []string {
+	tb.Helper()
+	rows, err := db.QueryContext(context.Background(), query, args...)
+	if err != nil {
+		tb.Fatalf("query %q: %v", query, err)
+	}
+	defer rows.Close()
+	var values []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			tb.Fatalf("query %q: %v", query, err)
+		}
+		values = append(values, v)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatalf("query %q: %v", query, err)
+	}
+	return values
 }
 
 // OwnedName returns prefix<pid>_<random>: a unique name for a database or

@@ -18,11 +18,11 @@ import (
 // FRAME_ERROR and takes the connection down.
 const maxCopiedHeaders = 16 << 10
 
-// HeaderHeadersDropped, on a dead letter, counts the original headers it
+// HeaderHeadersDropped is the header, on a dead letter, that counts the original headers it
 // does not carry (they did not fit maxCopiedHeaders, or were refused).
 const HeaderHeadersDropped = "x-headers-dropped"
 
-// HeaderErrorID, on a dead letter, is the id under which the service logged
+// HeaderErrorID is the header, on a dead letter, holding the id under which the service logged
 // the whole error.
 const HeaderErrorID = "x-error-id"
 

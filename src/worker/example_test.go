@@ -50,8 +50,10 @@ func ExampleMiddleware() {
 
 	_, err := h.Serve(context.Background(), &worker.Request{Route: "items.delete", Data: json.RawMessage(`null`)})
 	fmt.Println(err)
-	out, _ := h.Serve(context.Background(), &worker.Request{Route: "items.delete", Data: json.RawMessage(`null`),
-		Headers: map[string]any{"x-token": "s3cret"}})
+	out, _ := h.Serve(context.Background(), &worker.Request{
+		Route: "items.delete", Data: json.RawMessage(`null`),
+		Headers: map[string]any{"x-token": "s3cret"},
+	})
 	fmt.Println(string(out))
 	// Output:
 	// route items.delete needs an x-token header

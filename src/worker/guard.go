@@ -134,7 +134,7 @@ func (g *guard) SetDeadline(t time.Time) error {
 	if err := g.SetReadDeadline(t); err != nil {
 		return err
 	}
-	return g.Conn.SetWriteDeadline(t)
+	return g.SetWriteDeadline(t)
 }
 
 // fill reads from the socket until at least n unhandled bytes are buffered.
@@ -327,8 +327,10 @@ func (g *guard) header(channel uint16, frame, p []byte) ([]byte, error) {
 		oversize = false
 	}
 	if oversize {
-		refusals = append(refusals, [2]string{HeaderBodyRefused,
-			fmt.Sprintf("body of %d bytes is over the limit of %d bytes; it was not read", bodySize, g.maxBody)})
+		refusals = append(refusals, [2]string{
+			HeaderBodyRefused,
+			fmt.Sprintf("body of %d bytes is over the limit of %d bytes; it was not read", bodySize, g.maxBody),
+		})
 		if bodySize > 0 {
 			g.skip[channel] = bodySize
 		}

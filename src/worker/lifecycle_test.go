@@ -47,9 +47,10 @@ func TestDeadline(t *testing.T) {
 	}))
 	c := client(t, conn)
 
-	// Queue exists, no consumer yet: this request expires unseen.
+	// Queue exists (declared as the RPC worker declares it), no consumer
+	// yet: this request expires unseen.
 	ch := raw(t)
-	if _, err := ch.QueueDeclare(r, false, false, false, false, nil); err != nil {
+	if _, err := ch.QueueDeclare(r, false, false, false, false, amqp.Table{"x-dead-letter-exchange": "rpc.dlx"}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)

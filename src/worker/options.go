@@ -8,7 +8,7 @@ import (
 // Options are typed by what they configure, so one that does not apply is
 // a compile error, not silently ignored: [Dial] takes ConnOptions, [NewRPC]
 // RPCOptions, [NewQueue] QueueOptions, [NewClient] ClientOptions. An
-// [Option] applies to all four, a [WorkerOption] to both workers.
+// [Option] applies to all four, a [ServeOption] to both workers.
 type (
 	// ConnOption configures [Dial].
 	ConnOption interface{ applyConn(*options) }
@@ -19,8 +19,8 @@ type (
 	// ClientOption configures [NewClient].
 	ClientOption interface{ applyClient(*options) }
 
-	// WorkerOption configures both workers.
-	WorkerOption interface {
+	// ServeOption configures both workers, the RPC and the Queue.
+	ServeOption interface {
 		RPCOption
 		QueueOption
 	}
@@ -184,7 +184,7 @@ func WithMaxInflateBytes(n int64) ConnOption {
 
 // WithPrefetch sets how many deliveries of one route are handled at once.
 // Default [DefaultPrefetch]; values below 1 mean 1.
-func WithPrefetch(n int) WorkerOption {
+func WithPrefetch(n int) ServeOption {
 	return workerOption(func(o *options) { o.prefetch = max(n, 1) })
 }
 
@@ -193,20 +193,20 @@ func WithPrefetch(n int) WorkerOption {
 // returned error's types), and logs every failure (production samples
 // them). Off by default: an untyped error is then answered "internal error"
 // with its error id.
-func WithDevelopment(on bool) WorkerOption {
+func WithDevelopment(on bool) ServeOption {
 	return workerOption(func(o *options) { o.development = on })
 }
 
 // WithDrainTimeout bounds how long Shutdown waits for running handlers when
 // its context has no deadline. Default [DefaultDrainTimeout].
-func WithDrainTimeout(d time.Duration) WorkerOption {
+func WithDrainTimeout(d time.Duration) ServeOption {
 	return workerOption(func(o *options) { o.drain = d })
 }
 
 // WithQueueType sets the type of the routes' queues: [Quorum] or
 // [Classic]. Default: Classic for RPC routes, Quorum for queue routes and
 // their dead-letter queues.
-func WithQueueType(t QueueType) WorkerOption {
+func WithQueueType(t QueueType) ServeOption {
 	return workerOption(func(o *options) { o.queueType = t })
 }
 
@@ -217,7 +217,7 @@ func WithQueueType(t QueueType) WorkerOption {
 // the caller's fault: a queue worker dead-letters it at once instead of
 // retrying; "Error" means an internal failure whose text a production
 // reply does not show.
-func WithErrorType(f func(error) string) WorkerOption {
+func WithErrorType(f func(error) string) ServeOption {
 	return workerOption(func(o *options) { o.errorType = f })
 }
 

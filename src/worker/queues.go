@@ -276,10 +276,3 @@ func quoted(v string) string {
 	}
 	return strconv.Quote(v)
 }
-
-func or(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}

@@ -518,7 +518,7 @@ func decodeReply(route string, body []byte, lim limits) (json.RawMessage, error)
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reply from route %q is not a JSON envelope (%v): %.100q", route, err, body)
+		return nil, fmt.Errorf("reply from route %q is not a JSON envelope: %.100q: %w", route, body, err)
 	}
 	if string(success) == "true" {
 		if data == nil {
@@ -537,10 +537,10 @@ func decodeReply(route string, body []byte, lim limits) (json.RawMessage, error)
 type Encoding int
 
 const (
-	// Gzip: the JSON gzip-compressed, content type application/octet-stream,
+	// Gzip is the JSON gzip-compressed, content type application/octet-stream,
 	// as lib-python-amqp-worker sends it and requires it.
 	Gzip Encoding = iota
-	// JSON: plain JSON, content type application/json.
+	// JSON is plain JSON, content type application/json.
 	JSON
 )
 

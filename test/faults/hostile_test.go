@@ -181,7 +181,7 @@ func TestHostileDeepHeaders(t *testing.T) {
 	if callErr != nil {
 		note += "no reply"
 	} else {
-		note += "answered " + reply.Envelope.Error.Type
+		note += "answered " + reply.Error.Type
 	}
 	r := a.finish("headers nested 40 levels deep (queue and RPC)", note)
 	wantCalm(t, r)
@@ -404,8 +404,10 @@ func TestHostileInternalsInReplies(t *testing.T) {
 	}
 	// A queue message failing the same way is dead-lettered after its
 	// retries with the public message in x-error.
-	a.pub.publish("example-item.store", amqp.Publishing{ContentType: worker.ContentJSON, DeliveryMode: amqp.Persistent,
-		Body: []byte(`{"data": {"string": "no-grants", "integer": 1}}`)})
+	a.pub.publish("example-item.store", amqp.Publishing{
+		ContentType: worker.ContentJSON, DeliveryMode: amqp.Persistent,
+		Body: []byte(`{"data": {"string": "no-grants", "integer": 1}}`),
+	})
 	dead := a.waitDead(1, 30*time.Second, 0)
 	xerr := ""
 	if d, ok := getOne(t, a.env, "example-item.store"+worker.DeadLetterSuffix); ok {
@@ -425,8 +427,10 @@ func TestHostileInternalsInReplies(t *testing.T) {
 // payload.
 func TestHostileLoggedPayload(t *testing.T) {
 	a := newArena(t)
-	a.pub.publish("queue-test", amqp.Publishing{ContentType: worker.ContentJSON,
-		Body: []byte(`{"data": "` + strings.Repeat("p", 1<<20) + `"}`)})
+	a.pub.publish("queue-test", amqp.Publishing{
+		ContentType: worker.ContentJSON,
+		Body:        []byte(`{"data": "` + strings.Repeat("p", 1<<20) + `"}`),
+	})
 	waitQueueEmpty(t, a.env, "queue-test", 30*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	line := longestLine(a.p.Logs())

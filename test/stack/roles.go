@@ -78,22 +78,13 @@ func newRoles(t testing.TB, root string) (Roles, func(database string)) {
 // testenv.CreateDatabase).
 func dropStaleRoles(t testing.TB, admin *sql.DB) {
 	t.Helper()
-	rows, err := admin.QueryContext(context.Background(),
-		`SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) OR starts_with(rolname, $2)`, ownerPrefix, appPrefix)
-	if err != nil {
-		t.Fatalf("list leftover roles: %v", err)
-	}
 	var stale []string
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			t.Fatalf("list leftover roles: %v", err)
-		}
+	for _, name := range testenv.Strings(t, admin,
+		`SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) OR starts_with(rolname, $2)`, ownerPrefix, appPrefix) {
 		if testenv.Orphaned(name, ownerPrefix) || testenv.Orphaned(name, appPrefix) {
 			stale = append(stale, name)
 		}
 	}
-	_ = rows.Close()
 	for _, name := range stale {
 		// Fails while the role still owns a database nobody has reaped
 		// yet; the next run tries again.
@@ -109,6 +100,8 @@ func quoteIdent(s string) string {
 // manage too (DB_OWNER_USER, which a devcontainer sets to its own owner
 // role, names the same role).
 func dbEnv(database, role, password string) []string {
-	return []string{"DB_NAME=" + database, "DB_USER=" + role, "DB_PASS=" + password,
-		"DB_OWNER_USER=" + role, "DB_OWNER_PASS=" + password, fmt.Sprintf("DB_SSLMODE=%s", "disable")}
+	return []string{
+		"DB_NAME=" + database, "DB_USER=" + role, "DB_PASS=" + password,
+		"DB_OWNER_USER=" + role, "DB_OWNER_PASS=" + password, fmt.Sprintf("DB_SSLMODE=%s", "disable"),
+	}
 }

@@ -25,7 +25,6 @@ func main() {
 	if err != nil {
 		log.Fatalf("dial: %v", err)
 	}
-	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
 		log.Fatal(err)
@@ -52,6 +51,7 @@ func main() {
 			})
 			_ = d.Ack(false)
 		case <-ctx.Done():
+			_ = conn.Close()
 			return
 		}
 	}

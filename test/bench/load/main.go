@@ -31,7 +31,6 @@ func main() {
 	if err != nil {
 		log.Fatalf("dial: %v", err)
 	}
-	defer conn.Close()
 	body := []byte(`{"data":null}`)
 	var mu sync.Mutex
 	var latencies []time.Duration
@@ -75,6 +74,7 @@ func main() {
 		})
 	}
 	wg.Wait()
+	_ = conn.Close()
 	slices.Sort(latencies)
 	if len(latencies) == 0 {
 		fmt.Fprintln(os.Stderr, "no call completed")

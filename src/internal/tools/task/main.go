@@ -10,6 +10,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -35,7 +36,7 @@ func main() {
 		err := syscall.Exec(gobin, args, os.Environ())
 		fail("run %s: %v", strings.Join(args, " "), err)
 	}
-	cmd := exec.Command(gobin, args[1:]...)
+	cmd := exec.CommandContext(context.Background(), gobin, args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	err = cmd.Run()
 	var exit *exec.ExitError
@@ -49,7 +50,7 @@ func main() {
 
 // moduleRoot is the directory of the project's go.mod.
 func moduleRoot(gobin string) (string, error) {
-	out, err := exec.Command(gobin, "env", "GOMOD").Output()
+	out, err := exec.CommandContext(context.Background(), gobin, "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
 	}
