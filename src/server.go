@@ -182,6 +182,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	//
 	startCtx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
+	cfg.Database.Logger = log
 	database, err := db.Open(startCtx, cfg.Database)
 	if err != nil {
 		return err // "cannot reach PostgreSQL at ..."

@@ -36,6 +36,7 @@ type Client struct {
 	queries
 	db  *sqlx.DB
 	cfg Config
+	log *slog.Logger
 }
 
 // Open connects to the database cfg names and returns a Client once the
@@ -66,13 +67,17 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	sdb.SetConnMaxIdleTime(cfg.connMaxIdleTime())
 	x := sqlx.NewDb(sdb, "pgx")
 
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	start := time.Now()
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err = pingOnce(ctx, sdb)
 		if err == nil {
-			slog.Debug("connected to PostgreSQL", "target", cfg.String(), "attempts", attempt)
-			return &Client{queries: queries{ext: x}, db: x, cfg: cfg}, nil
+			log.Debug("connected to PostgreSQL", "target", cfg.String(), "attempts", attempt)
+			return &Client{queries: queries{ext: x}, db: x, cfg: cfg, log: log}, nil
 		}
 		if permanent(err) {
 			_ = sdb.Close()
@@ -87,7 +92,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 			return nil, &lineError{fmt.Sprintf("cannot reach PostgreSQL at %s: %s (gave up after %d attempts in %s)",
 				cfg, oneLine(err), attempt, time.Since(start).Round(time.Millisecond)), err}
 		}
-		slog.Warn("PostgreSQL not reachable yet, retrying", "target", cfg.String(),
+		log.Warn("PostgreSQL not reachable yet, retrying", "target", cfg.String(),
 			"attempt", attempt, "retry_in", wait, "err", oneLine(err))
 		t := time.NewTimer(wait)
 		select {
@@ -221,7 +226,7 @@ func (c *Client) InTxOptions(ctx context.Context, opts *sql.TxOptions, fn func(t
 		// roll back either way so the connection goes back to the pool.
 		r := recover()
 		if rerr := stx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
-			slog.Error("roll back after a transaction function did not return failed", "err", rerr)
+			c.log.Error("roll back after a transaction function did not return failed", "err", rerr)
 		}
 		if r != nil {
 			panic(r)

@@ -3,6 +3,7 @@ package db
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"example.com/service/src/internal/env"
+	"example.com/service/src/internal/redact"
 )
 
 // Config says where the PostgreSQL server is and how large the pool may grow.
@@ -47,6 +49,10 @@ type Config struct {
 	ConnMaxLifetime time.Duration
 	// ConnMaxIdleTime closes connections idle for longer than this; default 5 minutes.
 	ConnMaxIdleTime time.Duration
+
+	// Logger receives the client's few log lines (connection retries, a
+	// failed rollback); nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Defaults of Config and of ConfigFromEnv.
@@ -119,7 +125,7 @@ func configFromEnv(userVar, passVar string) (Config, error) {
 	}
 	if c.URL != "" {
 		if _, err := parseURL(c.URL); err != nil {
-			errs = append(errs, fmt.Errorf("DB_URL=%q: %w", redact(c.URL), err))
+			errs = append(errs, fmt.Errorf("DB_URL=%q: %w", redact.URL(c.URL), err))
 		}
 	}
 	if len(errs) > 0 {
@@ -193,7 +199,7 @@ func (c Config) Target() (host string, port int, database, user string, err erro
 	}
 	u, err := parseURL(c.URL)
 	if err != nil {
-		return "", 0, "", "", fmt.Errorf("database URL %q: %w", redact(c.URL), err)
+		return "", 0, "", "", fmt.Errorf("database URL %q: %w", redact.URL(c.URL), err)
 	}
 	host, port = u.Hostname(), DefaultPort
 	if host == "" {
@@ -218,7 +224,7 @@ func (c Config) Target() (host string, port int, database, user string, err erro
 func (c Config) String() string {
 	host, port, database, user, err := c.Target()
 	if err != nil {
-		return "invalid database URL " + strconv.Quote(redact(c.URL))
+		return "invalid database URL " + strconv.Quote(redact.URL(c.URL))
 	}
 	return fmt.Sprintf("%s (database %q, user %q)", net.JoinHostPort(host, strconv.Itoa(port)), database, user)
 }
@@ -288,14 +294,4 @@ func parseURL(s string) (*url.URL, error) {
 		}
 	}
 	return u, nil
-}
-
-// redact masks the password of a URL; a string that does not parse is
-// replaced by a placeholder since it may hold a password.
-func redact(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "<unparsable URL>"
-	}
-	return u.Redacted()
 }

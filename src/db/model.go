@@ -303,9 +303,14 @@ func (t *table) insertSQL(mask uint64) string {
 
 // Read returns the row whose key is id, or a *NotFoundError (ErrNotFound).
 func (m *Model[T]) Read(ctx context.Context, id any) (T, error) {
-	out, err := m.one(ctx, m.t.selectByID, id)
+	return m.byKey(ctx, "read from", m.t.selectByID, id)
+}
+
+// byKey runs query, whose one parameter is the key id, for one row.
+func (m *Model[T]) byKey(ctx context.Context, verb, query string, id any) (T, error) {
+	out, err := m.one(ctx, query, id)
 	if err != nil {
-		return out, fmt.Errorf("read from %s: %w", m.t.name, classify(err, m.t.name, id))
+		return out, fmt.Errorf("%s %s: %w", verb, m.t.name, classify(err, m.t.name, id))
 	}
 	return out, nil
 }
@@ -427,11 +432,7 @@ func (t *table) updateSQL(names []string) string {
 // Delete deletes the row whose key is id and returns it, or a
 // *NotFoundError (ErrNotFound) when there was none.
 func (m *Model[T]) Delete(ctx context.Context, id any) (T, error) {
-	out, err := m.one(ctx, m.t.deleteByID, id)
-	if err != nil {
-		return out, fmt.Errorf("delete from %s: %w", m.t.name, classify(err, m.t.name, id))
-	}
-	return out, nil
+	return m.byKey(ctx, "delete from", m.t.deleteByID, id)
 }
 
 // Query runs a hand-written query that returns the model's columns in the

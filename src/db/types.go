@@ -3,7 +3,6 @@ package db
 import (
 	"database/sql/driver"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -214,25 +213,31 @@ func (d *Date) UnmarshalText(b []byte) error {
 
 // Scan implements sql.Scanner for date columns.
 func (d *Date) Scan(src any) error {
-	switch s := src.(type) {
-	case time.Time:
-		*d = DateOf(s)
-		return nil
-	case string:
-		return d.scanText(s)
-	case []byte:
-		return d.scanText(string(s))
-	case nil:
-		return errors.New("scan NULL into db.Date: make the field a *db.Date for a nullable column")
-	}
-	return fmt.Errorf("scan %T into db.Date: want a date column", src)
+	return scanTime(src, "db.Date", "date", "it has no calendar day", func(t time.Time) { *d = DateOf(t) }, d.UnmarshalText)
 }
 
-func (d *Date) scanText(s string) error {
-	if s == "infinity" || s == "-infinity" {
-		return fmt.Errorf("scan date %s into db.Date: it has no calendar day", s)
+// scanTime is the Scan of Date and Timestamp: the driver gives a
+// time.Time (set), or PostgreSQL's text form (text), which may be one of
+// the infinities that no Go value holds (infinite says why).
+func scanTime(src any, goType, column, infinite string, set func(time.Time), text func([]byte) error) error {
+	var b []byte
+	switch s := src.(type) {
+	case time.Time:
+		set(s)
+		return nil
+	case string:
+		b = []byte(s)
+	case []byte:
+		b = s
+	case nil:
+		return fmt.Errorf("scan NULL into %s: make the field a *%s for a nullable column", goType, goType)
+	default:
+		return fmt.Errorf("scan %T into %s: want a %s column", src, goType, column)
 	}
-	return d.UnmarshalText([]byte(s))
+	if s := string(b); s == "infinity" || s == "-infinity" {
+		return fmt.Errorf("scan %s %s into %s: %s", column, s, goType, infinite)
+	}
+	return text(b)
 }
 
 // Value implements driver.Valuer: midnight UTC of d, which the driver
@@ -317,25 +322,7 @@ func (ts *Timestamp) UnmarshalJSON(b []byte) error {
 
 // Scan implements sql.Scanner for timestamptz columns.
 func (ts *Timestamp) Scan(src any) error {
-	switch s := src.(type) {
-	case time.Time:
-		*ts = NewTimestamp(s)
-		return nil
-	case string:
-		return ts.scanText(s)
-	case []byte:
-		return ts.scanText(string(s))
-	case nil:
-		return errors.New("scan NULL into db.Timestamp: make the field a *db.Timestamp for a nullable column")
-	}
-	return fmt.Errorf("scan %T into db.Timestamp: want a timestamptz column", src)
-}
-
-func (ts *Timestamp) scanText(s string) error {
-	if s == "infinity" || s == "-infinity" {
-		return fmt.Errorf("scan timestamp %s into db.Timestamp: it is no instant", s)
-	}
-	return ts.UnmarshalText([]byte(s))
+	return scanTime(src, "db.Timestamp", "timestamptz", "it is no instant", func(t time.Time) { *ts = NewTimestamp(t) }, ts.UnmarshalText)
 }
 
 // Value implements driver.Valuer: the instant in UTC, to the microsecond.

@@ -73,7 +73,7 @@ func ConfigFromEnv() (Config, error) {
 	}
 	if cfg.URL != "" {
 		if _, err := parseURL(cfg.URL); err != nil {
-			errs = append(errs, fmt.Errorf("BROKER_URL=%q: %w", redactURL(cfg.URL), err))
+			errs = append(errs, fmt.Errorf("BROKER_URL=%q: %w", redact.URL(cfg.URL), err))
 		}
 	}
 	if len(errs) > 0 {
@@ -155,7 +155,7 @@ func (c Config) uri() (amqp.URI, error) {
 	if c.URL != "" {
 		u, err := parseURL(c.URL)
 		if err != nil {
-			return amqp.URI{}, fmt.Errorf("broker URL %q: %w", redactURL(c.URL), err)
+			return amqp.URI{}, fmt.Errorf("broker URL %q: %w", redact.URL(c.URL), err)
 		}
 		if c.TLS != nil && u.Scheme == "amqp" {
 			u.Scheme = "amqps"
@@ -215,15 +215,4 @@ func (c Config) addr() string {
 		return "(invalid address)"
 	}
 	return net.JoinHostPort(u.Host, strconv.Itoa(u.Port))
-}
-
-// redactURL masks the password of an amqp URL so it can be shown in errors
-// and logs; a URL that does not parse is masked from the scheme to the last
-// "@".
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return redact.URLs(s)
-	}
-	return u.Redacted()
 }

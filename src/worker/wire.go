@@ -215,20 +215,28 @@ func (s *scanner) object(depth int, member func(key []byte, start, end int)) err
 		if member != nil {
 			member(key, start, s.i)
 		}
-		s.space()
-		if s.i >= len(s.b) {
-			return s.syntax("")
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		default:
-			return s.syntax("looking for ',' or '}' in an object")
+		if done, err := s.after('}', "in an object"); done || err != nil {
+			return err
 		}
 	}
+}
+
+// after scans what follows an element of an object or array: ',' (more
+// to come) or the closing byte (done).
+func (s *scanner) after(closing byte, where string) (done bool, err error) {
+	s.space()
+	if s.i >= len(s.b) {
+		return false, s.syntax("")
+	}
+	switch s.b[s.i] {
+	case ',':
+		s.i++
+		return false, nil
+	case closing:
+		s.i++
+		return true, nil
+	}
+	return false, s.syntax("looking for ',' or '" + string(closing) + "' " + where)
 }
 
 func (s *scanner) array(depth int) error {
@@ -245,18 +253,8 @@ func (s *scanner) array(depth int) error {
 		if err := s.value(depth); err != nil {
 			return err
 		}
-		s.space()
-		if s.i >= len(s.b) {
-			return s.syntax("")
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case ']':
-			s.i++
-			return nil
-		default:
-			return s.syntax("looking for ',' or ']' in an array")
+		if done, err := s.after(']', "in an array"); done || err != nil {
+			return err
 		}
 	}
 }

@@ -85,18 +85,10 @@ func TestPythonClientsToGoService(t *testing.T) {
 			return wantData(call("dictionary", map[string]any{"dictionary": "foo"}))(`{"dictionary":"foo","bar":"baz"}`)
 		})
 		check(t, prefix+"dictionary error (not an object)", func() error {
-			e, err := call("dictionary", "not an object")
-			if err != nil {
-				return err
-			}
-			return wantFailure(e, "")
+			return failed(call("dictionary", "not an object"))("")
 		})
 		check(t, prefix+"db ok", func() error {
-			e, err := call("db", nil)
-			if err != nil {
-				return err
-			}
-			data, err := wantSuccess(e)
+			data, err := succeeded(call("db", nil))
 			if err != nil {
 				return err
 			}
@@ -113,11 +105,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 					return fmt.Errorf("insert an example item: %w", err)
 				}
 			}
-			e, err := call("example-items", match)
-			if err != nil {
-				return err
-			}
-			data, err := wantSuccess(e)
+			data, err := succeeded(call("example-items", match))
 			if err != nil {
 				return err
 			}
@@ -128,11 +116,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 			return seedItemShape(items[0])
 		})
 		check(t, prefix+"example-items error (no data)", func() error {
-			e, err := call("example-items", nil)
-			if err != nil {
-				return err
-			}
-			return wantFailure(e, "Exception")
+			return failed(call("example-items", nil))("Exception")
 		})
 
 		// Routes of the Go service that the seed does not have: the item
@@ -141,11 +125,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 		var id, key string // the item's key and its name, _id or id
 		check(t, prefix+"example-item.create ok", func() error {
 			s := testenv.Name("created by " + kind.name + " ")
-			e, err := call("example-item.create", map[string]any{"string": s, "integer": 3, "json": map[string]any{"k": []int{1, 2}}})
-			if err != nil {
-				return err
-			}
-			data, err := wantSuccess(e)
+			data, err := succeeded(call("example-item.create", map[string]any{"string": s, "integer": 3, "json": map[string]any{"k": []int{1, 2}}}))
 			if err != nil {
 				return err
 			}
@@ -157,21 +137,13 @@ func TestPythonClientsToGoService(t *testing.T) {
 			return nil
 		})
 		check(t, prefix+"example-item.create error (no string)", func() error {
-			e, err := call("example-item.create", map[string]any{"integer": 1})
-			if err != nil {
-				return err
-			}
-			return wantFailure(e, "BadRequest")
+			return failed(call("example-item.create", map[string]any{"integer": 1}))("BadRequest")
 		})
 		check(t, prefix+"example-item.read ok", func() error {
 			if id == "" {
 				return fmt.Errorf("no item: example-item.create failed")
 			}
-			e, err := call("example-item.read", id)
-			if err != nil {
-				return err
-			}
-			data, err := wantSuccess(e)
+			data, err := succeeded(call("example-item.read", id))
 			if err != nil {
 				return err
 			}
@@ -183,21 +155,13 @@ func TestPythonClientsToGoService(t *testing.T) {
 			return nil
 		})
 		check(t, prefix+"example-item.read error (no such id)", func() error {
-			e, err := call("example-item.read", uuid.NewString())
-			if err != nil {
-				return err
-			}
-			return wantFailure(e, "NotFound")
+			return failed(call("example-item.read", uuid.NewString()))("NotFound")
 		})
 		check(t, prefix+"example-item.update ok", func() error {
 			if id == "" {
 				return fmt.Errorf("no item: example-item.create failed")
 			}
-			e, err := call("example-item.update", map[string]any{key: id, "changes": map[string]any{"integer": 9}})
-			if err != nil {
-				return err
-			}
-			data, err := wantSuccess(e)
+			data, err := succeeded(call("example-item.update", map[string]any{key: id, "changes": map[string]any{"integer": 9}}))
 			if err != nil {
 				return err
 			}
@@ -211,29 +175,17 @@ func TestPythonClientsToGoService(t *testing.T) {
 			if key == "" {
 				return fmt.Errorf("no item: example-item.create failed")
 			}
-			e, err := call("example-item.update", map[string]any{key: uuid.NewString(), "changes": map[string]any{"no_such_column": 1}})
-			if err != nil {
-				return err
-			}
-			return wantFailure(e, "BadRequest")
+			return failed(call("example-item.update", map[string]any{key: uuid.NewString(), "changes": map[string]any{"no_such_column": 1}}))("BadRequest")
 		})
 		check(t, prefix+"example-item.delete ok", func() error {
 			if id == "" {
 				return fmt.Errorf("no item: example-item.create failed")
 			}
-			e, err := call("example-item.delete", id)
-			if err != nil {
-				return err
-			}
-			_, err = wantSuccess(e)
+			_, err := succeeded(call("example-item.delete", id))
 			return err
 		})
 		check(t, prefix+"example-item.delete error (no such id)", func() error {
-			e, err := call("example-item.delete", uuid.NewString())
-			if err != nil {
-				return err
-			}
-			return wantFailure(e, "NotFound")
+			return failed(call("example-item.delete", uuid.NewString()))("NotFound")
 		})
 
 		// Queue routes: the effect of each message is observed.
@@ -375,7 +327,28 @@ func encodingName(gz bool) string {
 	return "plain JSON"
 }
 
-// wantData returns a check that the reply is a success with data want.
+// failed checks that a call's reply (envelope, error) is a failure of
+// error type typ ("": any type), shaped as the Python library's.
+func failed(e envelope, err error) func(typ string) error {
+	return func(typ string) error {
+		if err != nil {
+			return err
+		}
+		return wantFailure(e, typ)
+	}
+}
+
+// succeeded returns the data of a call's reply (envelope, error) that must
+// be a success.
+func succeeded(e envelope, err error) (json.RawMessage, error) {
+	if err != nil {
+		return nil, err
+	}
+	return wantSuccess(e)
+}
+
+// wantData checks that a call's reply (envelope, error) is a success with
+// data want (as JSON, numbers compared exactly).
 func wantData(e envelope, err error) func(want string) error {
 	return func(want string) error {
 		if err != nil {

@@ -6,6 +6,7 @@ package redact
 import (
 	"context"
 	"log/slog"
+	"net/url"
 	"regexp"
 	"strings"
 )
@@ -26,6 +27,20 @@ func URLs(s string) string {
 	}
 	return userinfo.ReplaceAllString(s, "${1}:"+Mask+"@")
 }
+
+// URL returns the URL s with its password replaced by Mask, for errors
+// and logs. A string that does not parse as a URL ("://secret") may hold a
+// password anywhere: it is replaced as a whole by [Unparsable].
+func URL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return Unparsable
+	}
+	return u.Redacted()
+}
+
+// Unparsable is what [URL] shows instead of a URL that does not parse.
+const Unparsable = "<a URL that does not parse>"
 
 // keyValue matches a password in libpq's key=value form ("password=...").
 var keyValue = regexp.MustCompile(`(?i)\b(password|passwd|pass|pwd)=('[^']*'|"[^"]*"|\S+)`)

@@ -25,6 +25,19 @@ func TestURLs(t *testing.T) {
 	}
 }
 
+func TestURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"amqp://svc:s3cr3t@host:5672/v": "amqp://svc:xxxxx@host:5672/v",
+		"postgres://app@db/app":         "postgres://app@db/app",
+		"://hunter2":                    redact.Unparsable,
+		"amqp://svc:s3cr3t%zz@host/":    redact.Unparsable,
+	} {
+		if got := redact.URL(in); got != want {
+			t.Errorf("URL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestSecrets(t *testing.T) {
 	got := redact.Secrets("user=app password=hunter22 host=db; pwd='a b'; token hunter22-x", "hunter22-x")
 	if strings.Contains(got, "hunter22") || strings.Contains(got, "a b") {
