@@ -50,6 +50,15 @@ type Config struct {
 	// ConnMaxIdleTime closes connections idle for longer than this; default 5 minutes.
 	ConnMaxIdleTime time.Duration
 
+	// QueryExecMode is pgx's default_query_exec_mode: cache_statement (the
+	// driver's default: each statement is prepared once per connection),
+	// cache_describe, describe_exec, exec or simple_protocol. Behind
+	// PgBouncer in transaction pooling mode, whose server connections
+	// change between transactions, prepared statements break: use exec
+	// (one round trip more per query) or simple_protocol. Empty: the URL's,
+	// else the driver's default.
+	QueryExecMode string
+
 	// Logger receives the client's few log lines (connection retries, a
 	// failed rollback); nil means slog.Default().
 	Logger *slog.Logger
@@ -102,6 +111,10 @@ func configFromEnv(userVar, passVar string) (Config, error) {
 		SSLKey:      os.Getenv("DB_SSLKEY"),
 	}
 	var errs []error
+	var err error
+	if c.QueryExecMode, err = env.OneOf("DB_QUERY_EXEC_MODE", "", execModes...); err != nil {
+		errs = append(errs, err)
+	}
 	if c.SSLMode != "" && !slices.Contains(sslModes, c.SSLMode) {
 		errs = append(errs, fmt.Errorf("DB_SSLMODE=%q: want one of %s", c.SSLMode, strings.Join(sslModes, ", ")))
 	}
@@ -116,7 +129,6 @@ func configFromEnv(userVar, passVar string) (Config, error) {
 	if (c.SSLCert == "") != (c.SSLKey == "") {
 		errs = append(errs, errors.New("DB_SSLCERT and DB_SSLKEY go together: set both (a client certificate and its key) or neither"))
 	}
-	var err error
 	if c.Port, err = env.Port("DB_PORT", DefaultPort); err != nil {
 		errs = append(errs, err)
 	}
@@ -136,7 +148,8 @@ func configFromEnv(userVar, passVar string) (Config, error) {
 
 // ConnString returns the postgres:// URL the driver connects with: URL when
 // set, otherwise one built from the fields and their defaults; the SSL
-// fields are added as its parameters (a URL's own take precedence). It
+// fields and QueryExecMode are added as its parameters (a URL's own take
+// precedence). It
 // contains the password: do not log it (log String instead).
 func (c Config) ConnString() string {
 	if c.URL != "" {
@@ -145,7 +158,7 @@ func (c Config) ConnString() string {
 			return c.URL // Open reports the error
 		}
 		q := u.Query()
-		c.sslParams(q)
+		c.params(q)
 		u.RawQuery = q.Encode()
 		return u.String()
 	}
@@ -156,7 +169,7 @@ func (c Config) ConnString() string {
 		q.Set("host", c.host())
 		q.Set("port", strconv.Itoa(c.port()))
 	}
-	c.sslParams(q)
+	c.params(q)
 	u.RawQuery = q.Encode()
 	if c.Password != "" {
 		u.User = url.UserPassword(c.user(), c.Password)
@@ -166,9 +179,16 @@ func (c Config) ConnString() string {
 	return u.String()
 }
 
-// sslParams adds the SSL fields to q where q does not set them already.
-func (c Config) sslParams(q url.Values) {
-	for k, v := range map[string]string{"sslmode": c.SSLMode, "sslrootcert": c.SSLRootCert, "sslcert": c.SSLCert, "sslkey": c.SSLKey} {
+// execModes are the values of QueryExecMode.
+var execModes = []string{"cache_statement", "cache_describe", "describe_exec", "exec", "simple_protocol"}
+
+// params adds the SSL fields and the query exec mode to q where q does
+// not set them already.
+func (c Config) params(q url.Values) {
+	for k, v := range map[string]string{
+		"sslmode": c.SSLMode, "sslrootcert": c.SSLRootCert, "sslcert": c.SSLCert, "sslkey": c.SSLKey,
+		"default_query_exec_mode": c.QueryExecMode,
+	} {
 		if v != "" && q.Get(k) == "" {
 			q.Set(k, v)
 		}

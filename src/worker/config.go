@@ -26,9 +26,19 @@ type Config struct {
 	Password string // default "guest"
 	VHost    string // default "/"
 
-	// URL, when set, overrides Host, Port, User, Password and VHost. It is an
-	// amqp:// or amqps:// URL (amqps implies TLS).
+	// Hosts lists the nodes of a RabbitMQ cluster, each "host" or
+	// "host:port" (the port defaults to Port); when set, it replaces Host.
+	// Dial and every reconnect try the nodes in turn, starting at a random
+	// one so that replicas spread over the cluster.
+	Hosts []string
+
+	// URL, when set, overrides Host, Hosts, Port, User, Password and VHost.
+	// It is an amqp:// or amqps:// URL (amqps implies TLS).
 	URL string
+
+	// URLs, when set, overrides URL: one URL per cluster node, tried as
+	// Hosts are.
+	URLs []string
 
 	// TLS, when set, makes the connection use TLS with this configuration
 	// (scheme amqps). It may be combined with URL. An empty ServerName is
@@ -42,7 +52,9 @@ type Config struct {
 //	BROKER_PORT             default 5672, or 5671 with TLS
 //	BROKER_USER, BROKER_PASS  default guest, guest
 //	BROKER_VHOST            default /
-//	BROKER_URL              an amqp:// or amqps:// URL; overrides the five above
+//	BROKER_HOSTS            cluster nodes, comma-separated host or host:port; replaces BROKER_HOST
+//	BROKER_URL              an amqp:// or amqps:// URL; overrides the six above
+//	BROKER_URLS             one URL per cluster node, comma-separated; overrides BROKER_URL
 //	BROKER_TLS              true: connect with TLS (set by any BROKER_TLS_* below, or amqps)
 //	BROKER_TLS_CA           PEM file of the CAs to trust (default: the system's)
 //	BROKER_TLS_CERT, BROKER_TLS_KEY  PEM files of a client certificate and its key
@@ -57,6 +69,8 @@ func ConfigFromEnv() (Config, error) {
 		Password: env.Get("BROKER_PASS", "guest"),
 		VHost:    env.Get("BROKER_VHOST", "/"),
 		URL:      os.Getenv("BROKER_URL"),
+		Hosts:    list(os.Getenv("BROKER_HOSTS")),
+		URLs:     list(os.Getenv("BROKER_URLS")),
 	}
 	var errs []error
 	tlsCfg, err := tlsFromEnv()
@@ -76,10 +90,54 @@ func ConfigFromEnv() (Config, error) {
 			errs = append(errs, fmt.Errorf("BROKER_URL=%q: %w", redact.URL(cfg.URL), err))
 		}
 	}
+	for i, u := range cfg.URLs {
+		if _, err := parseURL(u); err != nil {
+			errs = append(errs, fmt.Errorf("BROKER_URLS: URL %d (%q): %w", i+1, redact.URL(u), err))
+		}
+	}
+	for _, h := range cfg.Hosts {
+		if _, _, err := splitHost(h, cfg.Port); err != nil {
+			errs = append(errs, fmt.Errorf("BROKER_HOSTS: %w", err))
+		}
+	}
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
 	}
 	return cfg, nil
+}
+
+// list splits a comma-separated list, dropping blanks; nil when empty.
+func list(s string) []string {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// splitHost splits "host" or "host:port" ("[::1]:5672" for IPv6), the
+// port defaulting to def.
+func splitHost(h string, def int) (string, int, error) {
+	host, port, err := net.SplitHostPort(h)
+	if err != nil {
+		if strings.Contains(strings.Trim(h, "[]"), ":") && !strings.HasPrefix(h, "[") {
+			return "", 0, fmt.Errorf("node %q: write an IPv6 address in brackets, [::1]:5672", h)
+		}
+		if strings.ContainsAny(h, "/@ ") {
+			return "", 0, fmt.Errorf("node %q: want host or host:port", h)
+		}
+		return strings.Trim(h, "[]"), def, nil
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", 0, fmt.Errorf("node %q: port %q is not a port number (1-65535)", h, port)
+	}
+	if host == "" {
+		return "", 0, fmt.Errorf("node %q: no host", h)
+	}
+	return host, n, nil
 }
 
 // tlsFromEnv builds the TLS configuration of the BROKER_TLS* variables, nil
@@ -150,20 +208,63 @@ func parseURL(s string) (amqp.URI, error) {
 	return uri, nil
 }
 
-// uri resolves the config to a parsed URI with every default applied.
+// nodes resolves the config to the URI of each node, with every default
+// applied: URLs, else URL, else Hosts (or Host) with the other fields.
+func (c Config) nodes() ([]amqp.URI, error) {
+	switch {
+	case len(c.URLs) > 0:
+		out := make([]amqp.URI, len(c.URLs))
+		for i, s := range c.URLs {
+			u, err := c.parse(s)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = u
+		}
+		return out, nil
+	case c.URL != "" || len(c.Hosts) == 0:
+		u, err := c.uri()
+		if err != nil {
+			return nil, err
+		}
+		return []amqp.URI{u}, nil
+	}
+	base, err := c.uri()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]amqp.URI, len(c.Hosts))
+	for i, h := range c.Hosts {
+		host, port, err := splitHost(h, base.Port)
+		if err != nil {
+			return nil, fmt.Errorf("broker hosts: %w", err)
+		}
+		out[i] = base
+		out[i].Host, out[i].Port = host, port
+	}
+	return out, nil
+}
+
+// parse parses one broker URL, amqps when TLS is configured.
+func (c Config) parse(s string) (amqp.URI, error) {
+	u, err := parseURL(s)
+	if err != nil {
+		return amqp.URI{}, fmt.Errorf("broker URL %q: %w", redact.URL(s), err)
+	}
+	if c.TLS != nil && u.Scheme == "amqp" {
+		u.Scheme = "amqps"
+		if u.Port == 5672 {
+			u.Port = 5671
+		}
+	}
+	return u, nil
+}
+
+// uri resolves the config to the URI of its one node (URL, or Host), with
+// every default applied.
 func (c Config) uri() (amqp.URI, error) {
 	if c.URL != "" {
-		u, err := parseURL(c.URL)
-		if err != nil {
-			return amqp.URI{}, fmt.Errorf("broker URL %q: %w", redact.URL(c.URL), err)
-		}
-		if c.TLS != nil && u.Scheme == "amqp" {
-			u.Scheme = "amqps"
-			if u.Port == 5672 {
-				u.Port = 5671
-			}
-		}
-		return u, nil
+		return c.parse(c.URL)
 	}
 	u := amqp.URI{Scheme: "amqp", Host: c.Host, Port: c.Port, Username: c.User, Password: c.Password, Vhost: c.VHost}
 	if c.TLS != nil {
@@ -208,11 +309,7 @@ func (c Config) tlsConfig(u amqp.URI) *tls.Config {
 	return cfg
 }
 
-// addr is host:port of the broker, for messages.
-func (c Config) addr() string {
-	u, err := c.uri()
-	if err != nil {
-		return "(invalid address)"
-	}
+// addr is host:port of u, for messages.
+func addr(u amqp.URI) string {
 	return net.JoinHostPort(u.Host, strconv.Itoa(u.Port))
 }

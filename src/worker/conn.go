@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,16 +45,17 @@ type Conn struct {
 	maxBody int64
 }
 
-// link is one AMQP connection that reconnects itself.
+// link is one AMQP connection that reconnects itself, to one of the
+// cluster's nodes.
 type link struct {
-	uri    amqp.URI
+	nodes  []node
 	cfg    amqp.Config
-	tls    *tls.Config // TLS below the guard; amqp091-go sees plain AMQP
-	addr   string
 	logger *slog.Logger
 	wrap   func(net.Conn) net.Conn // puts a guard on each socket
+	next   int                     // the node the next dial tries; only the dialing goroutine uses it
 
 	mu    sync.Mutex
+	at    string           // address of the node connected to (or last tried)
 	cur   *amqp.Connection // nil while reconnecting
 	up    chan struct{}    // closed while cur != nil
 	done  chan struct{}    // closed by Close
@@ -60,17 +63,37 @@ type link struct {
 	wg    sync.WaitGroup
 }
 
+// node is one RabbitMQ node a link may connect to.
+type node struct {
+	uri  amqp.URI    // scheme amqp: amqp091-go sees plain AMQP over the guard
+	tls  *tls.Config // TLS below the guard, nil without
+	addr string      // host:port, for messages
+}
+
 // Dial connects to RabbitMQ. The first connection is retried with backoff
 // until ctx ends; then Dial fails with one line naming the address, the user
 // and the cause, e.g. "cannot reach RabbitMQ at 127.0.0.1:5672 as guest:
 // connection refused". Refused credentials or vhost fail at once.
+//
+// With several nodes (Config.Hosts or Config.URLs) each of the two
+// connections starts at a random node and, when it cannot connect or its
+// connection is lost, tries the next one at once; only after a whole round
+// of failures does it back off. Each connect is logged with the node's
+// address.
+//
 // Options: [WithName], [WithLogger], [WithMaxBodySize] (no body larger is
 // read off the wire), [WithMaxInflightBytes].
 func Dial(ctx context.Context, cfg Config, opts ...ConnOption) (*Conn, error) {
 	o := connOptions(opts)
-	uri, err := cfg.uri()
+	uris, err := cfg.nodes()
 	if err != nil {
 		return nil, err
+	}
+	nodes := make([]node, len(uris))
+	for i, u := range uris {
+		nodes[i] = node{tls: cfg.tlsConfig(u), addr: addr(u), uri: u}
+		// TLS, when set, is done in dialOnce, below the guard.
+		nodes[i].uri.Scheme = "amqp"
 	}
 	c := &Conn{budget: newBudget(o.maxInflight), inflate: newSem(o.maxInflate), maxBody: o.maxBody}
 	newLink := func(role string, b *budget) *link {
@@ -79,18 +102,15 @@ func Dial(ctx context.Context, cfg Config, opts ...ConnOption) (*Conn, error) {
 			props.SetClientConnectionName(o.name + " (" + role + ")")
 		}
 		l := &link{
-			uri:    uri,
+			nodes:  nodes,
 			cfg:    amqp.Config{Properties: props, Heartbeat: 10 * time.Second},
-			tls:    cfg.tlsConfig(uri),
-			addr:   cfg.addr(),
 			logger: o.logger.With("connection", role),
 			wrap:   func(sock net.Conn) net.Conn { return newGuard(sock, o.maxBody, b) },
+			next:   rand.IntN(len(nodes)),
 			up:     make(chan struct{}),
 			done:   make(chan struct{}),
 		}
-		// amqp091-go speaks plain AMQP over the guard; TLS, when set, is
-		// done in dialOnce, below it.
-		l.uri.Scheme = "amqp"
+		l.at = nodes[l.next].addr
 		return l
 	}
 	c.consume = newLink("consume", c.budget)
@@ -111,6 +131,7 @@ func (c *link) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.logger.Info("connected to RabbitMQ", c.nodeAttrs(conn)...)
 	c.setUp(conn)
 	c.wg.Add(1)
 	go c.supervise(conn, closed)
@@ -134,15 +155,24 @@ func (c *link) connect(ctx context.Context, permanentFails bool) (*amqp.Connecti
 	backoff := 100 * time.Millisecond
 	var last error
 	var loud time.Time // when a refused login was last logged at error level
-	for {
-		conn, closed, err := c.dialOnce(ctx)
+	for tried := 1; ; tried++ {
+		n := c.nodes[c.next]
+		c.mu.Lock()
+		c.at = n.addr
+		c.mu.Unlock()
+		conn, closed, err := c.dialOnce(ctx, n)
 		if err == nil {
 			return conn, closed, nil
 		}
 		last = err
+		c.next = (c.next + 1) % len(c.nodes)
 		if permanentFails && refused(err) {
 			return nil, nil, fmt.Errorf("RabbitMQ at %s refused user %q on vhost %q: %w; check BROKER_USER, BROKER_PASS and BROKER_VHOST",
-				c.addr, c.uri.Username, c.uri.Vhost, err)
+				n.addr, n.uri.Username, n.uri.Vhost, err)
+		}
+		wait := backoff
+		if tried%len(c.nodes) != 0 {
+			wait = 0 // another node to try in this round
 		}
 		switch {
 		case ctx.Err() != nil:
@@ -151,25 +181,53 @@ func (c *link) connect(ctx context.Context, permanentFails bool) (*amqp.Connecti
 			// an operator must hear of it.
 			loud = time.Now()
 			c.logger.Error("RabbitMQ refuses the login; retrying (check the user, password, vhost and permissions)",
-				"addr", c.addr, "user", c.uri.Username, "vhost", c.uri.Vhost, "err", err)
+				"addr", n.addr, "user", n.uri.Username, "vhost", n.uri.Vhost, "err", err)
 		default:
-			c.logger.Debug("cannot reach RabbitMQ, retrying", "addr", c.addr, "user", c.uri.Username, "err", cause(err), "in", backoff)
+			c.logger.Debug("cannot reach RabbitMQ, retrying", "addr", n.addr, "user", n.uri.Username, "err", cause(err), "in", wait)
 		}
 		select {
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		case <-ctx.Done():
-			return nil, nil, &dialError{addr: c.addr, user: c.uri.Username, err: last}
+			return nil, nil, &dialError{addr: c.addrs(), user: n.uri.Username, err: last}
 		case <-c.done:
 			return nil, nil, ErrClosed
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		if wait > 0 {
+			backoff = min(backoff*2, 5*time.Second)
+		}
 	}
+}
+
+// addrs lists the nodes' addresses, for messages.
+func (c *link) addrs() string {
+	as := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		as[i] = n.addr
+	}
+	return strings.Join(as, ", ")
+}
+
+// where is the address of the node the link is on (or trying), for
+// messages.
+func (c *link) where() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.at
+}
+
+// nodeAttrs are the log attributes that say which node conn is on.
+func (c *link) nodeAttrs(conn *amqp.Connection) []any {
+	attrs := []any{"addr", c.where()}
+	if name, ok := conn.Properties["cluster_name"].(string); ok && len(c.nodes) > 1 {
+		attrs = append(attrs, "cluster", name)
+	}
+	return attrs
 }
 
 // dialOnce makes one attempt, bounded by ctx and by handshakeTimeout: the
 // socket gets a deadline for the handshake (amqp091-go clears it once the
 // connection is open) and is closed when ctx ends during the handshake.
-func (c *link) dialOnce(ctx context.Context) (*amqp.Connection, chan *amqp.Error, error) {
+func (c *link) dialOnce(ctx context.Context, n node) (*amqp.Connection, chan *amqp.Error, error) {
 	var sock net.Conn
 	var deadline time.Time
 	stop := func() bool { return true }
@@ -192,8 +250,8 @@ func (c *link) dialOnce(ctx context.Context) (*amqp.Connection, chan *amqp.Error
 		}
 		sock = conn
 		stop = context.AfterFunc(ctx, func() { _ = conn.Close() })
-		if c.tls != nil {
-			tc := tls.Client(conn, c.tls)
+		if n.tls != nil {
+			tc := tls.Client(conn, n.tls)
 			if err := tc.HandshakeContext(dctx); err != nil {
 				return nil, fmt.Errorf("TLS handshake: %w", err)
 			}
@@ -201,7 +259,7 @@ func (c *link) dialOnce(ctx context.Context) (*amqp.Connection, chan *amqp.Error
 		}
 		return c.wrap(conn), nil
 	}
-	conn, err := amqp.DialConfig(c.uri.String(), cfg)
+	conn, err := amqp.DialConfig(n.uri.String(), cfg)
 	if !stop() && err == nil {
 		// ctx ended as the handshake completed and the socket was closed.
 		err = ctx.Err()
@@ -311,10 +369,12 @@ func (c *link) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
 			default:
 			}
 			if err == nil {
-				c.logger.Warn("RabbitMQ connection closed, reconnecting", "addr", c.addr)
+				c.logger.Warn("RabbitMQ connection closed, reconnecting", "addr", c.where())
 			} else {
-				c.logger.Warn("RabbitMQ connection lost, reconnecting", "addr", c.addr, "err", err)
+				c.logger.Warn("RabbitMQ connection lost, reconnecting", "addr", c.where(), "err", err)
 			}
+			// The node may be gone: try the next one first.
+			c.next = (c.next + 1) % len(c.nodes)
 		case <-c.done:
 			_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
 			return
@@ -325,7 +385,7 @@ func (c *link) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
 		if err != nil { // closed
 			return
 		}
-		c.logger.Info("RabbitMQ connection restored", "addr", c.addr)
+		c.logger.Info("RabbitMQ connection restored", c.nodeAttrs(next)...)
 		c.setUp(next)
 		conn, closed = next, nextClosed
 	}
@@ -345,7 +405,7 @@ func (c *link) channel(ctx context.Context) (*amqp.Channel, error) {
 			case <-c.done:
 				return nil, ErrClosed
 			case <-ctx.Done():
-				return nil, fmt.Errorf("RabbitMQ at %s is unreachable: %w", c.addr, ctx.Err())
+				return nil, fmt.Errorf("RabbitMQ at %s is unreachable: %w", c.where(), ctx.Err())
 			}
 		}
 		select {
@@ -365,7 +425,7 @@ func (c *link) channel(ctx context.Context) (*amqp.Channel, error) {
 			case <-c.done:
 				return nil, ErrClosed
 			case <-ctx.Done():
-				return nil, fmt.Errorf("open channel on RabbitMQ at %s: %w", c.addr, err)
+				return nil, fmt.Errorf("open channel on RabbitMQ at %s: %w", c.where(), err)
 			}
 		}
 		if conn.IsClosed() {
@@ -376,10 +436,10 @@ func (c *link) channel(ctx context.Context) (*amqp.Channel, error) {
 			case <-c.done:
 				return nil, ErrClosed
 			case <-ctx.Done():
-				return nil, fmt.Errorf("open channel on RabbitMQ at %s: %w", c.addr, ctx.Err())
+				return nil, fmt.Errorf("open channel on RabbitMQ at %s: %w", c.where(), ctx.Err())
 			}
 		}
-		return nil, fmt.Errorf("open channel on RabbitMQ at %s: %w", c.addr, err)
+		return nil, fmt.Errorf("open channel on RabbitMQ at %s: %w", c.where(), err)
 	}
 }
 

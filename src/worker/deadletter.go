@@ -159,6 +159,6 @@ func (c *consumer) declareDLQ(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = ch.Close() }()
-	_, err = ch.QueueDeclare(c.route+DeadLetterSuffix, true, false, false, false, c.s.queues.deadLetterArgs())
+	_, err = ch.QueueDeclare(c.route+DeadLetterSuffix, true, false, false, false, c.queues.deadLetterArgs())
 	return err
 }

@@ -168,6 +168,30 @@ func TestQueueTypeMismatchIsAClearStartError(t *testing.T) {
 	start(t, q2)
 }
 
+// WithRouteQueueType makes one RPC route quorum (to survive a node loss)
+// while the worker's other routes stay classic.
+func TestRouteQueueType(t *testing.T) {
+	requireBroker(t)
+	classic, quorum := route(t, "rt-classic"), route(t, "rt-quorum")
+	rpc := worker.NewRPC(dial(t, ""), worker.WithRouteQueueType(quorum, worker.Quorum))
+	rpc.Handle(classic, worker.Func(hello))
+	rpc.Handle(quorum, worker.Func(hello))
+	start(t, rpc)
+	// Redeclaring with the same settings succeeds; any other type is
+	// refused by the broker, which proves the type each was declared as.
+	ch := raw(t)
+	if _, err := ch.QueueDeclare(quorum, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		t.Fatalf("route %s is not a quorum queue: %v", quorum, err)
+	}
+	if _, err := ch.QueueDeclare(classic, false, false, false, false, amqp.Table{"x-dead-letter-exchange": "rpc.dlx"}); err != nil {
+		t.Fatalf("route %s is not the classic RPC queue: %v", classic, err)
+	}
+	c := client(t, dial(t, ""))
+	for _, r := range []string{classic, quorum} {
+		callEventually(t, c, r)
+	}
+}
+
 // A classic queue route has no dead-letter exchange (as the seed declares
 // it), so the broker cannot dead-letter a body too large to read: the
 // worker reads it whole and dead-letters it itself.

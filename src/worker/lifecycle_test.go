@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +17,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"example.com/service/src/testenv"
 	"example.com/service/src/worker"
 )
 
@@ -305,11 +308,11 @@ func TestDialErrors(t *testing.T) {
 }
 
 func TestConfigFromEnv(t *testing.T) {
-	for _, k := range []string{"BROKER_HOST", "BROKER_PORT", "BROKER_USER", "BROKER_PASS", "BROKER_VHOST", "BROKER_URL"} {
+	for _, k := range []string{"BROKER_HOST", "BROKER_HOSTS", "BROKER_PORT", "BROKER_USER", "BROKER_PASS", "BROKER_VHOST", "BROKER_URL", "BROKER_URLS"} {
 		t.Setenv(k, "")
 	}
 	cfg, err := worker.ConfigFromEnv()
-	if err != nil || cfg != (worker.Config{Host: "localhost", Port: 5672, User: "guest", Password: "guest", VHost: "/"}) {
+	if err != nil || !reflect.DeepEqual(cfg, worker.Config{Host: "localhost", Port: 5672, User: "guest", Password: "guest", VHost: "/"}) {
 		t.Fatalf("defaults: %+v, %v", cfg, err)
 	}
 	t.Setenv("BROKER_PORT", "abc")
@@ -322,6 +325,63 @@ func TestConfigFromEnv(t *testing.T) {
 		if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "BROKER_URL") || strings.Contains(err.Error(), "topsecret") {
 			t.Errorf("bad URL %s: %v", strings.ReplaceAll(u, "topsecret", "..."), err)
 		}
+	}
+	t.Setenv("BROKER_URL", "")
+
+	t.Setenv("BROKER_HOSTS", " node1, node2:5673 ,[::1]:5674,")
+	cfg, err = worker.ConfigFromEnv()
+	if want := []string{"node1", "node2:5673", "[::1]:5674"}; err != nil || !reflect.DeepEqual(cfg.Hosts, want) {
+		t.Errorf("BROKER_HOSTS: %q, %v; want %q", cfg.Hosts, err, want)
+	}
+	for _, bad := range []string{"node1:99999", "::1:5672", "user@node1", ":5672"} {
+		t.Setenv("BROKER_HOSTS", "node0,"+bad)
+		if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "BROKER_HOSTS") || !strings.Contains(err.Error(), bad) {
+			t.Errorf("BROKER_HOSTS=node0,%s: %v, want an error naming it", bad, err)
+		}
+	}
+	t.Setenv("BROKER_HOSTS", "")
+	t.Setenv("BROKER_URLS", "amqp://u:p@n1:5672/v,amqp://u:topsecret@n2:99999/v")
+	if _, err := worker.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "BROKER_URLS: URL 2") || strings.Contains(err.Error(), "topsecret") {
+		t.Errorf("BROKER_URLS with a bad second URL: %v", err)
+	}
+}
+
+// With several nodes, Dial connects to the one that answers whichever it
+// tries first, says which in the log, and names every node when none does.
+func TestDialTriesEveryNode(t *testing.T) {
+	requireBroker(t)
+	dead := func() string { // a port nobody listens on
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	live := testenv.BrokerAddr()
+	d1, d2 := dead(), dead()
+	for range 6 { // the first node tried is random: try enough times to start at each
+		cfg := brokerConfig()
+		cfg.URL, cfg.Hosts = "", []string{d1, live, d2}
+		var logs testenv.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := worker.Dial(ctx, cfg, worker.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+		cancel()
+		if err != nil {
+			t.Fatalf("Dial with nodes %s, %s, %s (only the second up): %v", d1, live, d2, err)
+		}
+		_ = conn.Close()
+		if !strings.Contains(logs.String(), "connected to RabbitMQ") || !strings.Contains(logs.String(), "addr="+live) {
+			t.Fatalf("the log does not say which node the connection is on:\n%s", logs.String())
+		}
+	}
+	cfg := brokerConfig()
+	cfg.URL, cfg.Hosts = "", []string{d1, d2}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := worker.Dial(ctx, cfg)
+	if err == nil || !strings.Contains(err.Error(), d1+", "+d2) || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Dial with every node down: %v, want an error naming both nodes and the cause", err)
 	}
 }
 

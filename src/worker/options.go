@@ -2,6 +2,7 @@ package worker
 
 import (
 	"log/slog"
+	"maps"
 	"time"
 )
 
@@ -67,6 +68,7 @@ type options struct {
 	maxInflight int64
 	maxInflate  int64
 	queueType   QueueType // "" means the kind's default
+	routeTypes  map[string]QueueType
 	delivery    int
 	dlqMax      int
 	dlqMaxBytes int64
@@ -208,6 +210,21 @@ func WithDrainTimeout(d time.Duration) ServeOption {
 // their dead-letter queues.
 func WithQueueType(t QueueType) ServeOption {
 	return workerOption(func(o *options) { o.queueType = t })
+}
+
+// WithRouteQueueType declares route's queue (and its dead-letter queue) as
+// t whatever the worker's type: an RPC route that must survive the loss of
+// a cluster node is Quorum while the others stay Classic, say. Options
+// given later for the same route win.
+func WithRouteQueueType(route string, t QueueType) ServeOption {
+	return workerOption(func(o *options) {
+		if o.routeTypes == nil {
+			o.routeTypes = map[string]QueueType{}
+		} else {
+			o.routeTypes = maps.Clone(o.routeTypes)
+		}
+		o.routeTypes[route] = t
+	})
 }
 
 // WithErrorType sets how errors are named on the wire: the reply type of a

@@ -44,6 +44,7 @@ const (
 // queueSettings say how a worker declares its queues.
 type queueSettings struct {
 	typ                QueueType
+	routeTypes         map[string]QueueType // WithRouteQueueType
 	deliveryLimit      int
 	deadLetterMax      int
 	deadLetterMaxBytes int64
@@ -57,6 +58,7 @@ func newQueueSettings(k kind, o options) queueSettings {
 	if o.queueType != "" {
 		q.typ = o.queueType
 	}
+	q.routeTypes = o.routeTypes
 	if o.delivery > 0 {
 		q.deliveryLimit = o.delivery
 	}
@@ -65,6 +67,15 @@ func newQueueSettings(k kind, o options) queueSettings {
 	}
 	if o.dlqMaxBytes > 0 {
 		q.deadLetterMaxBytes = o.dlqMaxBytes
+	}
+	return q
+}
+
+// forRoute returns the settings of route's queues: the worker's, with the
+// type WithRouteQueueType gave the route.
+func (q queueSettings) forRoute(route string) queueSettings {
+	if t, ok := q.routeTypes[route]; ok {
+		q.typ = t
 	}
 	return q
 }

@@ -150,7 +150,7 @@ func (s *server) start(ctx context.Context) error {
 	}
 	for _, name := range s.order {
 		r := s.routes[name]
-		c := &consumer{s: s, route: name, pipeline: s.pipeline(r.h, r.mws)}
+		c := &consumer{s: s, route: name, pipeline: s.pipeline(r.h, r.mws), queues: s.queues.forRoute(name)}
 		d, err := c.setup(ctx)
 		if err != nil {
 			return abort(fmt.Errorf("start %s worker: %w", s.kind, err))
@@ -265,7 +265,8 @@ func within[T any](ctx context.Context, items []T, f func(T)) {
 type consumer struct {
 	s        *server
 	route    string
-	pipeline Handler // the route's handler in its middleware
+	pipeline Handler       // the route's handler in its middleware
+	queues   queueSettings // how the route's queues are declared
 
 	mu  sync.Mutex
 	ch  *amqp.Channel
@@ -294,17 +295,17 @@ func (c *consumer) setup(ctx context.Context) (<-chan amqp.Delivery, error) {
 	open := func() (*amqp.Channel, error) { return s.conn.channel(ctx) }
 	if s.kind == kindQueue {
 		// The dead-letter queue first: the route's queue names it.
-		dlq, args := c.route+DeadLetterSuffix, s.queues.deadLetterArgs()
+		dlq, args := c.route+DeadLetterSuffix, c.queues.deadLetterArgs()
 		if _, err := ch.QueueDeclare(dlq, true, false, false, false, args); err != nil {
-			return fail("", declareError(open, dlq, true, args, s.queues.typ, err))
+			return fail("", declareError(open, dlq, true, args, c.queues.typ, err))
 		}
 	}
-	durable, args := s.queues.routeQueue(s.kind, c.route)
+	durable, args := c.queues.routeQueue(s.kind, c.route)
 	if _, err := ch.QueueDeclare(c.route, durable, false, false, false, args); err != nil {
-		return fail("", declareError(open, c.route, durable, args, s.queues.typ, err))
+		return fail("", declareError(open, c.route, durable, args, c.queues.typ, err))
 	}
 	tag := c.route + "." + randomHex(6)
-	if s.kind == kindQueue && !s.queues.brokerDeadLetters(s.kind) {
+	if s.kind == kindQueue && !c.queues.brokerDeadLetters(s.kind) {
 		s.conn.budget.readWhole(tag, true)
 	}
 	deliveries, err := ch.Consume(c.route, tag, false, false, false, false, nil)
@@ -405,7 +406,7 @@ func (c *consumer) settleAndClose() {
 	c.mu.Lock()
 	ch := c.ch
 	c.mu.Unlock()
-	if ch != nil && c.s.queues.typ == Quorum && !ch.IsClosed() {
+	if ch != nil && c.queues.typ == Quorum && !ch.IsClosed() {
 		if d, ok, err := ch.Get(c.route, false); err == nil && ok {
 			_ = d.Nack(false, true)
 		}

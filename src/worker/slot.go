@@ -65,7 +65,7 @@ func (s *slot[T, S]) get(ctx context.Context) (*T, error) {
 	select {
 	case s.opening <- struct{}{}:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("RabbitMQ at %s is unreachable: %w", s.conn.addr, ctx.Err())
+		return nil, fmt.Errorf("RabbitMQ at %s is unreachable: %w", s.conn.where(), ctx.Err())
 	}
 	defer func() { <-s.opening }()
 	if t, err := s.live(); t != nil || err != nil { // opened while we waited

@@ -1,0 +1,39 @@
+// Command ctl starts and stops the three-node RabbitMQ cluster of
+// test/cluster: `go tool task cluster:up` runs `ctl up`, `cluster:down`
+// runs `ctl down`.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"example.com/service/test/cluster"
+)
+
+func main() {
+	if len(os.Args) != 2 || (os.Args[1] != "up" && os.Args[1] != "down") {
+		fmt.Fprintln(os.Stderr, "usage: ctl up|down")
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	logf := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+	if os.Args[1] == "down" {
+		if err := cluster.Down(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster:down:", err)
+			os.Exit(1)
+		}
+		fmt.Println("cluster stopped, its data in", cluster.Dir(), "deleted")
+		return
+	}
+	nodes, err := cluster.Up(ctx, logf)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cluster:up:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("cluster of %d nodes running; point the service at it with\n  BROKER_HOSTS=%s BROKER_VHOST=/ BROKER_USER=guest BROKER_PASS=guest\n",
+		len(nodes), cluster.Hosts(nodes))
+	fmt.Println("stop it with: go tool task cluster:down")
+}

@@ -1,0 +1,121 @@
+//go:build cluster
+
+// The cluster tests run the real service binary, two replicas, on the
+// three-node cluster of this package and inject node failures: a kill -9
+// of the node leading the queues under load, a rolling restart of every
+// node, and a poison message. They end with a table: fault, sent, stored,
+// lost, duplicated, dead-lettered, seconds to resume. Run them with
+// `go tool task test:cluster`; they start the cluster when it does not run
+// (and stop it at the end), or use the one `go tool task cluster:up`
+// started (and leave it running).
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"example.com/service/src/testenv"
+	"example.com/service/test/cluster"
+	"example.com/service/test/stack"
+)
+
+var (
+	bins  *stack.Binaries
+	nodes []*cluster.Node
+)
+
+func TestMain(m *testing.M) {
+	if why := cluster.Installed(); why != "" {
+		fmt.Println("test/cluster: skipped:", why)
+		os.Exit(0)
+	}
+	if err := testenv.CheckServices(); err != nil {
+		fmt.Fprintf(os.Stderr, "cluster tests cannot run:\n%v\n", err)
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ours := !allRunning(ctx)
+	start := time.Now()
+	var err error
+	nodes, err = cluster.Up(ctx, func(format string, args ...any) { fmt.Printf("test/cluster: "+format+"\n", args...) })
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "test/cluster:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("test/cluster: %d nodes up in %s\n", len(nodes), time.Since(start).Round(100*time.Millisecond))
+	b, err := stack.Build(false) // as deployed
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cluster tests cannot build the service: %v\n", err)
+		os.Exit(1)
+	}
+	bins = b
+	code := m.Run()
+	b.Clean()
+	printTable()
+	if ours {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		if err := cluster.Down(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "test/cluster: stop the cluster:", err)
+			code = 1
+		}
+		cancel()
+	}
+	os.Exit(code)
+}
+
+// allRunning reports whether the cluster runs already (cluster:up).
+func allRunning(ctx context.Context) bool {
+	for _, n := range cluster.Nodes() {
+		if n.PID() == 0 || !n.Running(ctx) {
+			return false
+		}
+	}
+	return true
+}
+
+// row is one line of the closing table.
+type row struct {
+	fault                                      string
+	sent, stored, lost, duplicated, deadLetter int
+	resume                                     string // seconds until the service consumes again
+	note                                       string
+}
+
+var (
+	tableMu sync.Mutex
+	table   []row
+)
+
+func record(t *testing.T, r row) {
+	t.Helper()
+	t.Logf("%s: sent %d, stored %d, lost %d, duplicated %d, dead-lettered %d, resumed %s; %s",
+		r.fault, r.sent, r.stored, r.lost, r.duplicated, r.deadLetter, r.resume, r.note)
+	tableMu.Lock()
+	defer tableMu.Unlock()
+	table = append(table, r)
+}
+
+func printTable() {
+	tableMu.Lock()
+	defer tableMu.Unlock()
+	if len(table) == 0 {
+		return
+	}
+	var sb strings.Builder
+	w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "| fault\t| sent\t| stored\t| lost\t| duplicated\t| dead-lettered\t| seconds to resume\t| note\t|")
+	fmt.Fprintln(w, "|---\t|---\t|---\t|---\t|---\t|---\t|---\t|---\t|")
+	for _, r := range table {
+		fmt.Fprintf(w, "| %s\t| %d\t| %d\t| %d\t| %d\t| %d\t| %s\t| %s\t|\n",
+			r.fault, r.sent, r.stored, r.lost, r.duplicated, r.deadLetter, r.resume, r.note)
+	}
+	_ = w.Flush()
+	fmt.Print("\nCluster fault table:\n" + sb.String())
+}
