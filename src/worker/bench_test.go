@@ -135,12 +135,16 @@ func rawGunzip(body []byte) []byte {
 // rawEcho is the baseline RPC server: one consumer answering each request
 // to its reply_to, then acking; with gz it inflates each request and
 // answers gzip, as a hand-written server beside the Python fleet must.
-func rawEcho(b *testing.B, queue string, gz bool) {
+func rawEcho(b *testing.B, queue string, gz bool, typ worker.QueueType) {
 	ch := raw(b)
 	if err := ch.Qos(256, 0, false); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil {
+	durable, args := false, amqp.Table(nil) // as the seed declares RPC queues
+	if typ == worker.Quorum {
+		durable, args = true, amqp.Table{"x-queue-type": "quorum"}
+	}
+	if _, err := ch.QueueDeclare(queue, durable, false, false, false, args); err != nil {
 		b.Fatal(err)
 	}
 	ds, err := ch.Consume(queue, "", false, false, false, false, nil)
@@ -236,6 +240,8 @@ func (c *rawCaller) call(queue string, body []byte) error {
 // plain JSON (worker.WithEncoding(worker.JSON)). raw=mandatory+gzip
 // compares the client's default encoding, gzip as the Python fleet wants
 // it, with a raw pair that compresses and inflates the same way.
+// queue=quorum runs the mandatory pair on quorum queues (both declared
+// as WithQueueType(worker.Quorum) declares them).
 func BenchmarkRPC(b *testing.B) {
 	quiet(b)
 	requireBroker(b)
@@ -243,20 +249,26 @@ func BenchmarkRPC(b *testing.B) {
 		for _, v := range []struct {
 			name          string
 			mandatory, gz bool
-		}{{"minimal", false, false}, {"mandatory", true, false}, {"mandatory+gzip", true, true}} {
-			b.Run(fmt.Sprintf("concurrency=%d/raw=%s", conc, v.name), func(b *testing.B) { benchRPC(b, conc, v.mandatory, v.gz) })
+			typ           worker.QueueType
+		}{
+			{"raw=minimal", false, false, worker.Classic},
+			{"raw=mandatory", true, false, worker.Classic},
+			{"raw=mandatory+gzip", true, true, worker.Classic},
+			{"queue=quorum/raw=mandatory", true, false, worker.Quorum},
+		} {
+			b.Run(fmt.Sprintf("concurrency=%d/%s", conc, v.name), func(b *testing.B) { benchRPC(b, conc, v.mandatory, v.gz, v.typ) })
 		}
 	}
 }
 
-func benchRPC(b *testing.B, conc int, mandatory, gz bool) {
+func benchRPC(b *testing.B, conc int, mandatory, gz bool, typ worker.QueueType) {
 	rawQ, libQ := route(b, "bench-raw"), route(b, "bench-rpc")
-	rawEcho(b, rawQ, gz)
+	rawEcho(b, rawQ, gz, typ)
 	rc := newRawCaller(b, mandatory, gz)
 	body := []byte(`{"data":` + string(benchPayload) + `}`)
 
 	conn := dial(b, "")
-	rpc := worker.NewRPC(conn)
+	rpc := worker.NewRPC(conn, worker.WithQueueType(typ))
 	rpc.Handle(libQ, worker.Func(func(_ context.Context, in json.RawMessage) (json.RawMessage, error) { return in, nil }))
 	start(b, rpc)
 	c := client(b, dial(b, ""))

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -159,6 +160,69 @@ func TestComposeRabbitMQ(t *testing.T) {
 
 	requireHealthcheck(t, rmq, "rabbitmq-diagnostics")
 	requirePublished(t, rmq, 5672, 15672)
+}
+
+// The cluster profile: three nodes that find each other by the names
+// rabbitmq-configs/cluster/rabbitmq.conf lists, with one cookie, the dev
+// broker's definitions, and a host port each; nothing of it starts by
+// default.
+func TestComposeClusterProfile(t *testing.T) {
+	dir := root(t)
+	p, err := loadComposeProfiles(dir, []string{"cluster"}, "compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	confPath := filepath.Join(dir, "rabbitmq-configs", "cluster", "rabbitmq.conf")
+	conf := readRabbitConf(t, confPath)
+	var cookie string
+	ports := map[uint32]string{}
+	for i := 1; i <= 3; i++ {
+		name := fmt.Sprintf("rabbitmq-%d", i)
+		n := service(t, p, name)
+		if !slices.Equal(n.Profiles, []string{"cluster"}) {
+			t.Errorf("%s.profiles = %v, want [cluster]: it must not start with a plain `docker compose up`", name, n.Profiles)
+		}
+		if n.Hostname != name {
+			t.Errorf("%s.hostname = %q, want %q (its node name is rabbit@<hostname>)", name, n.Hostname, name)
+		}
+		if got := conf[fmt.Sprintf("cluster_formation.classic_config.nodes.%d", i)]; got != "rabbit@"+name {
+			t.Errorf("%s lists node %d as %q, want rabbit@%s", confPath, i, got, name)
+		}
+		c := n.Environment["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+		if c == nil || !strings.Contains(*c, "-setcookie") || (cookie != "" && *c != cookie) {
+			t.Errorf("%s sets no Erlang cookie, or another than the other nodes: %v", name, c)
+		} else {
+			cookie = *c
+		}
+		if ctl := n.Environment["RABBITMQ_CTL_ERL_ARGS"]; ctl == nil || *ctl != cookie {
+			t.Errorf("%s: its CLI tools do not get the node's cookie: %v", name, ctl)
+		}
+		for _, m := range []struct{ src, target string }{
+			{confPath, "/etc/rabbitmq/rabbitmq.conf"},
+			{filepath.Join(dir, "rabbitmq-configs", "definitions.json"), conf["load_definitions"]},
+			{filepath.Join(dir, "rabbitmq-configs", "enabled_plugins"), "/etc/rabbitmq/enabled_plugins"},
+		} {
+			if !hasMount(n, "bind", m.src, m.target) {
+				t.Errorf("%s does not mount %s at %s", name, m.src, m.target)
+			}
+		}
+		requireHealthcheck(t, n, "rabbitmq-diagnostics")
+		for _, port := range n.Ports {
+			if port.Target == 5672 {
+				host, _ := strconv.Atoi(port.Published)
+				ports[uint32(host)] = name
+			}
+		}
+	}
+	if len(ports) != 3 {
+		t.Errorf("the three nodes publish AMQP on %v, want a host port each", ports)
+	}
+	plain := loadCompose(t, "compose.yaml")
+	for _, name := range plain.ServiceNames() {
+		if strings.HasPrefix(name, "rabbitmq-") {
+			t.Errorf("%s starts without --profile cluster", name)
+		}
+	}
 }
 
 func TestComposePostgres(t *testing.T) {

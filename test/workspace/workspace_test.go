@@ -57,6 +57,11 @@ func loadCompose(tb testing.TB, files ...string) *types.Project {
 }
 
 func loadComposeErr(dir string, files ...string) (*types.Project, error) {
+	return loadComposeProfiles(dir, nil, files...)
+}
+
+// loadComposeProfiles loads files with the given profiles active.
+func loadComposeProfiles(dir string, profiles []string, files ...string) (*types.Project, error) {
 	paths := make([]string, len(files))
 	for i, f := range files {
 		paths[i] = filepath.Join(dir, f)
@@ -67,6 +72,7 @@ func loadComposeErr(dir string, files ...string) (*types.Project, error) {
 		cli.WithDotEnv,
 		cli.WithName("workspace-test"),
 		cli.WithResolvedPaths(true),
+		cli.WithProfiles(profiles),
 	)
 	if err != nil {
 		return nil, err
