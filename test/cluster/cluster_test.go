@@ -19,6 +19,7 @@ import (
 	"example.com/service/src/testenv"
 	"example.com/service/src/worker"
 	"example.com/service/test/cluster"
+	"example.com/service/test/stack"
 )
 
 // 1. kill -9 of the node that leads example-item.store while 20,000
@@ -120,13 +121,13 @@ func TestNodeKilledUnderLoad(t *testing.T) {
 		resume = max(ra, rb)
 		resumeNote = fmt.Sprintf("replicas consuming again after %s s (on the killed node: %v) and %s s (%v)", seconds(ra), onA, seconds(rb), onB)
 	}
-	confirmed := publishTagged(t, e.client, tag, n, 16, n/3, fault)
+	confirmed := stack.PublishTagged(t, e.client, tag, n, 16, n/3, fault)
 	time.Sleep(2 * time.Second) // calls on the healed cluster
 	stopRPC()
 	rpcWG.Wait()
-	rows, distinct := waitStored(t, db, tag, confirmed, 60*time.Second)
+	rows, distinct := stack.WaitStored(t, db, tag, confirmed, 60*time.Second)
 	stalled := queueStall.Longest()
-	dead := deadLetters(t, e.channel(t, nodes[0]), "example-item.store")
+	dead := stack.DeadLetters(t, e.channel(t, nodes[0]), "example-item.store")
 	lost := confirmed - distinct - len(dead)
 	record(t, row{
 		fault: fmt.Sprintf("kill -9 of the node leading example-item.store (%s), 5 s down, under load", leader.Name),
@@ -218,9 +219,9 @@ func TestRollingRestart(t *testing.T) {
 	stopLoad()
 	wg.Wait()
 	sent := int(confirmed.Load())
-	rows, distinct := waitStored(t, db, tag, sent, 60*time.Second)
+	rows, distinct := stack.WaitStored(t, db, tag, sent, 60*time.Second)
 	stalled := stall.Longest()
-	dead := deadLetters(t, e.channel(t, nodes[0]), "example-item.store")
+	dead := stack.DeadLetters(t, e.channel(t, nodes[0]), "example-item.store")
 	lost := sent - distinct - len(dead)
 	record(t, row{
 		fault: "rolling restart of all 3 nodes under queue load",

@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -178,68 +177,6 @@ func resumed(p *stack.Process, offset int, killed time.Time, onKilled bool, rout
 	return time.Since(killed), false
 }
 
-// publishTagged publishes n confirmed example-item.store messages tagged
-// tag-<i> from workers goroutines, running fault once after the after-th
-// confirm; it returns how many were confirmed.
-func publishTagged(t *testing.T, client *worker.Client, tag string, n, workers, after int, fault func()) int {
-	t.Helper()
-	var next, ok atomic.Int64
-	var once sync.Once
-	var wg, faultWG sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-				err := client.Publish(ctx, "example-item.store", map[string]any{"string": fmt.Sprintf("%s-%d", tag, i), "integer": 1})
-				cancel()
-				if err != nil {
-					t.Errorf("publish %s-%d: %v", tag, i, err)
-					continue
-				}
-				if ok.Add(1) == int64(after) && fault != nil {
-					once.Do(func() { faultWG.Go(fault) })
-				}
-			}
-		})
-	}
-	wg.Wait()
-	faultWG.Wait()
-	return int(ok.Load())
-}
-
-// stored counts the example items whose string starts with tag, and the
-// distinct strings among them.
-func stored(t *testing.T, db *sql.DB, tag string) (rows, distinct int) {
-	t.Helper()
-	err := db.QueryRowContext(context.Background(),
-		`SELECT count(*), count(DISTINCT "string") FROM example_item WHERE starts_with("string", $1)`, tag).Scan(&rows, &distinct)
-	if err != nil {
-		t.Fatalf("count stored items: %v", err)
-	}
-	return rows, distinct
-}
-
-// waitStored waits until want distinct items are stored, or nothing new
-// arrived for quiet.
-func waitStored(t *testing.T, db *sql.DB, tag string, want int, quiet time.Duration) (rows, distinct int) {
-	t.Helper()
-	last, change := -1, time.Now()
-	for {
-		rows, distinct = stored(t, db, tag)
-		if distinct >= want || time.Since(change) > quiet {
-			return rows, distinct
-		}
-		if rows != last {
-			last, change = rows, time.Now()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // stall tracks the longest time stored rows did not grow while load ran.
 type stall struct {
 	mu      sync.Mutex
@@ -292,23 +229,6 @@ func (s *stall) Longest() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.longest
-}
-
-// deadLetters reads the dead-letter queue of queue and returns the bodies
-// with their x-error header.
-func deadLetters(t *testing.T, ch *amqp.Channel, queue string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for {
-		d, ok, err := ch.Get(queue+worker.DeadLetterSuffix, true)
-		if err != nil {
-			t.Fatalf("read %s%s: %v", queue, worker.DeadLetterSuffix, err)
-		}
-		if !ok {
-			return out
-		}
-		out[string(d.Body)] = fmt.Sprint(d.Headers[worker.HeaderError])
-	}
 }
 
 func seconds(d time.Duration) string { return fmt.Sprintf("%.1f", d.Seconds()) }

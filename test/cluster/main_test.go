@@ -14,10 +14,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
-	"sync"
 	"testing"
-	"text/tabwriter"
 	"time"
 
 	"example.com/service/src/testenv"
@@ -58,7 +55,7 @@ func TestMain(m *testing.M) {
 	bins = b
 	code := m.Run()
 	b.Clean()
-	printTable()
+	table.Print(os.Stdout)
 	if ours {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		if err := cluster.Down(ctx); err != nil {
@@ -88,34 +85,12 @@ type row struct {
 	note                                       string
 }
 
-var (
-	tableMu sync.Mutex
-	table   []row
-)
+var table = stack.NewTable("Cluster fault table",
+	"fault", "sent", "stored", "lost", "duplicated", "dead-lettered", "seconds to resume", "note")
 
 func record(t *testing.T, r row) {
 	t.Helper()
 	t.Logf("%s: sent %d, stored %d, lost %d, duplicated %d, dead-lettered %d, resumed %s; %s",
 		r.fault, r.sent, r.stored, r.lost, r.duplicated, r.deadLetter, r.resume, r.note)
-	tableMu.Lock()
-	defer tableMu.Unlock()
-	table = append(table, r)
-}
-
-func printTable() {
-	tableMu.Lock()
-	defer tableMu.Unlock()
-	if len(table) == 0 {
-		return
-	}
-	var sb strings.Builder
-	w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "| fault\t| sent\t| stored\t| lost\t| duplicated\t| dead-lettered\t| seconds to resume\t| note\t|")
-	fmt.Fprintln(w, "|---\t|---\t|---\t|---\t|---\t|---\t|---\t|---\t|")
-	for _, r := range table {
-		fmt.Fprintf(w, "| %s\t| %d\t| %d\t| %d\t| %d\t| %d\t| %s\t| %s\t|\n",
-			r.fault, r.sent, r.stored, r.lost, r.duplicated, r.deadLetter, r.resume, r.note)
-	}
-	_ = w.Flush()
-	fmt.Print("\nCluster fault table:\n" + sb.String())
+	table.Add(r.fault, r.sent, r.stored, r.lost, r.duplicated, r.deadLetter, r.resume, r.note)
 }

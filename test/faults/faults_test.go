@@ -21,40 +21,6 @@ import (
 	"example.com/service/test/stack"
 )
 
-// publishTagged publishes n example-item.store messages whose strings are
-// tag-<i>, from workers goroutines, and returns how many the broker
-// confirmed. fault, when not nil, runs once after after confirms.
-func publishTagged(t *testing.T, client *worker.Client, tag string, n, workers, after int, fault func()) (confirmed int) {
-	t.Helper()
-	var next, ok atomic.Int64
-	var faultOnce sync.Once
-	var wg sync.WaitGroup
-	var faultWG sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-				err := client.Publish(ctx, "example-item.store", map[string]any{"string": fmt.Sprintf("%s-%d", tag, i), "integer": 1})
-				cancel()
-				if err != nil {
-					t.Errorf("publish %s-%d: %v", tag, i, err)
-					continue
-				}
-				if ok.Add(1) == int64(after) && fault != nil {
-					faultOnce.Do(func() { faultWG.Go(fault) })
-				}
-			}
-		})
-	}
-	wg.Wait()
-	faultWG.Wait()
-	return int(ok.Load())
-}
-
 // 1. RabbitMQ restarts while 20,000 confirmed messages are being consumed:
 // every confirmed message is stored.
 func TestBrokerRestartLosesNothing(t *testing.T) {
@@ -66,9 +32,9 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 	tag := testenv.Name("broker-restart-")
 
 	const n = 20000
-	confirmed := publishTagged(t, client, tag, n, 16, n/3, func() { restartBroker(t, 2*time.Second) })
-	rows, distinct := waitStored(t, db, tag, confirmed, 60*time.Second)
-	dead := drainDeadLetters(t, env.Channel(t), "example-item.store")
+	confirmed := stack.PublishTagged(t, client, tag, n, 16, n/3, func() { restartBroker(t, 2*time.Second) })
+	rows, distinct := stack.WaitStored(t, db, tag, confirmed, 60*time.Second)
+	dead := stack.DeadLetters(t, env.Channel(t), "example-item.store")
 	lost := confirmed - distinct - len(dead)
 	record(t, row{
 		fault: "RabbitMQ restart while consuming", sent: confirmed, stored: distinct, lost: lost,
@@ -141,8 +107,8 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 	wg.Wait()
 
 	sent := int(published.Load())
-	rows, distinct := waitStored(t, env.DB(t), tag+"-q-", sent, 30*time.Second)
-	dead := drainDeadLetters(t, env.Channel(t), "example-item.store")
+	rows, distinct := stack.WaitStored(t, env.DB(t), tag+"-q-", sent, 30*time.Second)
+	dead := stack.DeadLetters(t, env.Channel(t), "example-item.store")
 	lost := sent - distinct - len(dead)
 	record(t, row{
 		fault: "PostgreSQL restart under load", sent: sent, stored: distinct, lost: lost,
@@ -202,7 +168,7 @@ func TestSIGTERMWithCallsInFlight(t *testing.T) {
 	}
 	// Work published while the first process drains must wait for the next one.
 	const queued = 200
-	confirmed := publishTagged(t, client, tag, queued, 4, 0, nil)
+	confirmed := stack.PublishTagged(t, client, tag, queued, 4, 0, nil)
 	wg.Wait()
 	code, err := first.Wait(20 * time.Second)
 	if err != nil || code != 0 {
@@ -210,11 +176,11 @@ func TestSIGTERMWithCallsInFlight(t *testing.T) {
 	}
 	t.Logf("exited 0 %s after SIGTERM", time.Since(stoppedAt).Round(time.Millisecond))
 	db := env.DB(t)
-	_, storedByFirst := storedCounts(t, db, tag)
+	_, storedByFirst := stack.StoredCounts(t, db, tag)
 	waiting := queueDepth(t, env.Channel(t), "example-item.store")
 
 	stack.Start(t, bins, env) // the next replica
-	rows, distinct := waitStored(t, db, tag, confirmed, 30*time.Second)
+	rows, distinct := stack.WaitStored(t, db, tag, confirmed, 30*time.Second)
 	record(t, row{
 		fault: "SIGTERM with 50 calls in flight", sent: confirmed, stored: distinct, lost: confirmed - distinct,
 		duplicated: rows - distinct,
@@ -256,8 +222,8 @@ func TestTwoReplicasSplitTheLoad(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	confirmed := publishTagged(t, client, tag+"-q", 1000, 8, 0, nil)
-	rows, distinct := waitStored(t, env.DB(t), tag+"-q", confirmed, 30*time.Second)
+	confirmed := stack.PublishTagged(t, client, tag+"-q", 1000, 8, 0, nil)
+	rows, distinct := stack.WaitStored(t, env.DB(t), tag+"-q", confirmed, 30*time.Second)
 
 	// In development mode each failed request is logged once, at debug
 	// level, by the replica that handled it.

@@ -4,7 +4,6 @@ package faults
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -100,61 +99,6 @@ func waitPostgres(t *testing.T) {
 		}
 	}
 	t.Fatal("PostgreSQL did not come back within 60 s")
-}
-
-// storedCounts returns how many example items carry tag as a prefix of
-// their string, and how many distinct strings among them.
-func storedCounts(t *testing.T, db *sql.DB, tag string) (rows, distinct int) {
-	t.Helper()
-	for attempt := 0; ; attempt++ {
-		err := db.QueryRowContext(context.Background(),
-			`SELECT count(*), count(DISTINCT "string") FROM example_item WHERE starts_with("string", $1)`, tag).
-			Scan(&rows, &distinct)
-		if err == nil {
-			return rows, distinct
-		}
-		if attempt == 50 {
-			t.Fatalf("count stored items: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond) // PostgreSQL may be restarting
-	}
-}
-
-// waitStored waits until want distinct items with tag are stored, or until
-// nothing new arrived for quiet; it returns the last counts.
-func waitStored(t *testing.T, db *sql.DB, tag string, want int, quiet time.Duration) (rows, distinct int) {
-	t.Helper()
-	last, lastChange := -1, time.Now()
-	for {
-		rows, distinct = storedCounts(t, db, tag)
-		if distinct >= want {
-			return rows, distinct
-		}
-		if rows != last {
-			last, lastChange = rows, time.Now()
-		}
-		if time.Since(lastChange) > quiet {
-			return rows, distinct
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// drainDeadLetters reads every message of queue's dead-letter queue and
-// returns the distinct message ids among them, each with the error header.
-func drainDeadLetters(t *testing.T, ch *amqp.Channel, queue string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for {
-		d, ok, err := ch.Get(queue+".dlq", true)
-		if err != nil {
-			t.Fatalf("read %s.dlq: %v", queue, err)
-		}
-		if !ok {
-			return out
-		}
-		out[string(d.Body)] = fmt.Sprint(d.Headers["x-error"])
-	}
 }
 
 // queueDepth returns the ready messages in queue.

@@ -334,7 +334,7 @@ func TestHostileReplyInjection(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second)
-	rows, _ := storedCounts(t, a.env.DB(t), tag)
+	rows, _ := stack.StoredCounts(t, a.env.DB(t), tag)
 	r := a.finish("request with reply_to set to a queue route (example-item.store)", fmt.Sprintf("%d rows stored from the reply", rows))
 	wantCalm(t, r)
 	if rows != 0 {
@@ -453,15 +453,11 @@ type securityRow struct {
 	note             string
 }
 
-var securityTable []securityRow
-
 func recordSecurity(t *testing.T, r securityRow) {
 	t.Helper()
 	t.Logf("%s: %d reconnects, %d/%d probes answered, %d dead letters, peak RSS %d MiB; %s",
 		r.attack, r.reconnects, r.answered, r.probes, r.deadLetters, r.peakRSS, r.note)
-	tableMu.Lock()
-	defer tableMu.Unlock()
-	securityTable = append(securityTable, r)
+	securityTable.Add(r.attack, r.reconnects, fmt.Sprintf("%d/%d", r.answered, r.probes), r.deadLetters, r.peakRSS, r.note)
 }
 
 // probe calls hello_world every 100 ms while an attack runs.

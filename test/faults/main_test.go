@@ -12,10 +12,7 @@ package faults
 import (
 	"fmt"
 	"os"
-	"strings"
-	"sync"
 	"testing"
-	"text/tabwriter"
 
 	"example.com/service/src/testenv"
 	"example.com/service/test/stack"
@@ -48,51 +45,18 @@ type row struct {
 }
 
 var (
-	tableMu sync.Mutex
-	table   []row
+	faultTable    = stack.NewTable("Fault table", "fault", "sent", "stored", "lost", "duplicated", "dead-lettered", "note")
+	securityTable = stack.NewTable("Security table", "attack", "reconnects", "hello_world answered during it", "dead letters", "peak RSS MiB", "note")
 )
 
 func record(t *testing.T, r row) {
 	t.Helper()
 	t.Logf("%s: sent %d, stored %d, lost %d, duplicated %d, dead-lettered %d %s",
 		r.fault, r.sent, r.stored, r.lost, r.duplicated, r.deadLetter, r.note)
-	tableMu.Lock()
-	defer tableMu.Unlock()
-	table = append(table, r)
+	faultTable.Add(r.fault, r.sent, r.stored, r.lost, r.duplicated, r.deadLetter, r.note)
 }
 
 func printTable() {
-	tableMu.Lock()
-	defer tableMu.Unlock()
-	if len(table) == 0 {
-		printSecurityTable()
-		return
-	}
-	var sb strings.Builder
-	w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "| fault\t| sent\t| stored\t| lost\t| duplicated\t| dead-lettered\t| note\t|")
-	fmt.Fprintln(w, "|---\t|---\t|---\t|---\t|---\t|---\t|---\t|")
-	for _, r := range table {
-		fmt.Fprintf(w, "| %s\t| %d\t| %d\t| %d\t| %d\t| %d\t| %s\t|\n",
-			r.fault, r.sent, r.stored, r.lost, r.duplicated, r.deadLetter, r.note)
-	}
-	_ = w.Flush()
-	fmt.Print("\nFault table:\n" + sb.String())
-	printSecurityTable()
-}
-
-func printSecurityTable() {
-	if len(securityTable) == 0 {
-		return
-	}
-	var sb strings.Builder
-	w := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "| attack\t| reconnects\t| hello_world answered during it\t| dead letters\t| peak RSS MiB\t| note\t|")
-	fmt.Fprintln(w, "|---\t|---\t|---\t|---\t|---\t|---\t|")
-	for _, r := range securityTable {
-		fmt.Fprintf(w, "| %s\t| %d\t| %d/%d\t| %d\t| %d\t| %s\t|\n",
-			r.attack, r.reconnects, r.answered, r.probes, r.deadLetters, r.peakRSS, r.note)
-	}
-	_ = w.Flush()
-	fmt.Print("\nSecurity table:\n" + sb.String())
+	faultTable.Print(os.Stdout)
+	securityTable.Print(os.Stdout)
 }
