@@ -113,5 +113,6 @@ func TestContainers(t *testing.T) {
 	p := copyProject(t, e)
 	buildImages(t, e, p)
 	composeStack(t, e, p)
+	composeCluster(t, e, p)
 	devcontainer(t, e, p)
 }
