@@ -327,3 +327,34 @@ func (b *Buffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// RestartsLock is the file that serializes, on one machine, the tests that
+// stop or restart the shared RabbitMQ or PostgreSQL (the fault and cluster
+// suites, the worker's broker restart test) and the runs that must not see
+// them (.ci/run holds it for its whole run and sets RestartsLockedVar).
+const RestartsLock = "/tmp/service-restarts.lock"
+
+// RestartsLockedVar, set to 1 in the environment, says a parent process
+// holds RestartsLock already (.ci/run): LockRestarts then takes nothing.
+const RestartsLockedVar = "SERVICE_RESTARTS_LOCKED"
+
+// LockRestarts waits until no other test run on this machine restarts the
+// shared services, and holds the lock until release is called. It logs
+// once while it waits.
+func LockRestarts(logf func(format string, args ...any)) (release func(), err error) {
+	if os.Getenv(RestartsLockedVar) == "1" {
+		return func() {}, nil
+	}
+	f, err := os.OpenFile(RestartsLock, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", RestartsLock, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		logf("waiting for %s: another run on this machine restarts RabbitMQ or PostgreSQL", RestartsLock)
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock %s: %w", RestartsLock, err)
+		}
+	}
+	return func() { _ = f.Close() }, nil
+}

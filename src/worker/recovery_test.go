@@ -72,6 +72,11 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
 		t.Skip("restarts RabbitMQ with rabbitmqctl, which is not installed here")
 	}
+	release, err := testenv.LockRestarts(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
 	wConn, cConn := dial(t, ""), dial(t, "")
 	qr, rr := route(t, "restart-q"), route(t, "restart-rpc")
 	var seen counter

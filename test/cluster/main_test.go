@@ -36,10 +36,17 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "cluster tests cannot run:\n%v\n", err)
 		os.Exit(1)
 	}
+	// Killing nodes is harmless to others, but the load would make
+	// timing-sensitive tests of a parallel run flaky, and a restart of the
+	// shared node by one would fail this one's clean-up.
+	release, err := testenv.LockRestarts(func(format string, args ...any) { fmt.Printf("test/cluster: "+format+"\n", args...) })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "test/cluster:", err)
+		os.Exit(1)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	ours := !allRunning(ctx)
 	start := time.Now()
-	var err error
 	nodes, err = cluster.Up(ctx, func(format string, args ...any) { fmt.Printf("test/cluster: "+format+"\n", args...) })
 	cancel()
 	if err != nil {
@@ -64,6 +71,7 @@ func TestMain(m *testing.M) {
 		}
 		cancel()
 	}
+	release()
 	os.Exit(code)
 }
 

@@ -25,6 +25,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "fault tests cannot run:\n%v\n", err)
 		os.Exit(1)
 	}
+	// They restart the shared RabbitMQ and PostgreSQL: one such run at a time.
+	release, err := testenv.LockRestarts(func(format string, args ...any) { fmt.Printf("test/faults: "+format+"\n", args...) })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "test/faults:", err)
+		os.Exit(1)
+	}
 	b, err := stack.Build(false) // as deployed: memory and volume figures without the race detector's overhead
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fault tests cannot build the service: %v\n", err)
@@ -34,7 +40,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	b.Clean()
 	printTable()
+	release() // (os.Exit paths above exit the process, which drops the lock too)
 	os.Exit(code)
+
 }
 
 // row is one line of the closing table.

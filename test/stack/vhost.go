@@ -44,7 +44,15 @@ func NewVHost(t testing.TB) string {
 		t.Fatalf("create vhost %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		if err := admin.remove(name); err != nil {
+		// The broker may be restarting (a fault test of another run on
+		// this machine): retry for a minute.
+		var err error
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+			if err = admin.remove(name); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
 			t.Errorf("delete vhost %s: %v", name, err)
 		}
 	})
