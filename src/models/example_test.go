@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"log"
 	"time"
 
 	"example.com/service/src/db"
@@ -30,7 +31,8 @@ func exampleClient() (*db.Client, func()) {
 		err = loadSchema(ctx, c)
 	}
 	if err != nil {
-		panic(err)
+		_, _ = admin.ExecContext(context.Background(), `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
+		log.Fatalf("models example: %v", err) // one line, not a panic's goroutine dump
 	}
 	return c, func() {
 		_ = c.Close()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/shopspring/decimal"
 
 	"example.com/service/src/db"
@@ -32,10 +33,21 @@ func loadSchema(ctx context.Context, c *db.Client) error {
 			return err
 		}
 		if _, err := c.Exec(ctx, string(b)); err != nil {
-			return fmt.Errorf("load %s: %w", f, err)
+			return fmt.Errorf("load %s: %w", where(f, string(b), err), err)
 		}
 	}
 	return nil
+}
+
+// where is file:line of a .sql file's error: the line of the position
+// PostgreSQL gives (a syntax error's), else just the file.
+func where(file, text string, err error) string {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Position <= 0 {
+		return file
+	}
+	runes := []rune(text)
+	return fmt.Sprintf("%s:%d", file, 1+strings.Count(string(runes[:min(int(pe.Position)-1, len(runes))]), "\n"))
 }
 
 // newClient gives the test its own database with the models' schema.

@@ -334,7 +334,7 @@ func (b *Buffer) String() string {
 // them (.ci/run holds it for its whole run and sets RestartsLockedVar).
 const RestartsLock = "/tmp/service-restarts.lock"
 
-// RestartsLockedVar, set to 1 in the environment, says a parent process
+// RestartsLockedVar is the variable that, set to 1, says a parent process
 // holds RestartsLock already (.ci/run): LockRestarts then takes nothing.
 const RestartsLockedVar = "SERVICE_RESTARTS_LOCKED"
 

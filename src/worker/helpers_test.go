@@ -181,10 +181,10 @@ func (c *counter) len() int {
 // eventually polls cond until it holds or 30 s pass.
 func eventually(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			tb.Fatalf("after 30s: %s", what)
+			tb.Fatalf("after 90s: %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -336,12 +336,12 @@ func TestInflightBytesBudget(t *testing.T) {
 	start(t, q)
 	ch := raw(t)
 	body := []byte(`{"data": "` + strings.Repeat("m", 1<<20-20) + `"}`)
-	for range 40 {
+	for range 24 {
 		if err := ch.PublishWithContext(ctx, "", r, false, false, amqp.Publishing{Body: body}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "all 40 handled", func() bool { return done.Load() == 40 })
+	eventually(t, "all 24 handled", func() bool { return done.Load() == 24 })
 	if p := peak.Load(); p > 4 || p < 2 {
 		t.Fatalf("%d handlers ran at once; a 4 MiB budget of 1 MiB bodies allows 4", p)
 	}

@@ -225,8 +225,8 @@ func (n *Node) Kill() error {
 		return fmt.Errorf("kill node %s (pid %d): %w", n.Name, pid, err)
 	}
 	for range 100 {
-		if syscall.Kill(pid, 0) != nil {
-			return nil
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return nil // gone
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -381,7 +381,7 @@ func AwaitQuorum(ctx context.Context, nodes []*Node) error {
 			}
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("node %s stays critical for a quorum queue: %w (last: %v)", n.Name, ctx.Err(), err)
+				return fmt.Errorf("node %s stays critical for a quorum queue: %w (last: %w)", n.Name, ctx.Err(), err)
 			case <-time.After(500 * time.Millisecond):
 			}
 		}

@@ -24,19 +24,21 @@ func composeCluster(t *testing.T, e *engine, p *project) {
 		return
 	}
 	ports := []int{freePort(t), freePort(t), freePort(t)}
-	s := &stack{e: e, p: p, files: []string{"compose.yaml", filepath.Join(moduleRoot(t), "test", "containers", "machine.cluster.compose.yaml")}}
+	s := &stack{
+		e: e, p: p, profiles: []string{"cluster"},
+		files: []string{"compose.yaml", filepath.Join(moduleRoot(t), "test", "containers", "machine.cluster.compose.yaml")},
+	}
 	for i, port := range ports {
 		s.env = append(s.env, "CONTAINERS_CLUSTER_PORT_"+strconv.Itoa(i+1)+"="+strconv.Itoa(port))
 	}
 	s.env = append(s.env, "CONTAINERS_CA_BUNDLE="+p.caBundle)
 	nodes := []string{"rabbitmq-1", "rabbitmq-2", "rabbitmq-3"}
-	cluster := func(args ...string) []string { return append([]string{"--profile", "cluster"}, args...) }
-	_, _ = s.compose(t, 3*time.Minute, "cluster", cluster("down", "--volumes", "--remove-orphans", "--timeout", "5")...)
+	_, _ = s.compose(t, 3*time.Minute, "cluster", "down", "--volumes", "--remove-orphans", "--timeout", "5")
 	t.Cleanup(func() {
-		_, _ = s.compose(t, 3*time.Minute, "cluster", cluster("down", "--volumes", "--remove-orphans", "--timeout", "5")...)
+		_, _ = s.compose(t, 3*time.Minute, "cluster", "down", "--volumes", "--remove-orphans", "--timeout", "5")
 	})
 	step(t, "compose: cluster profile up to healthy (three nodes, one after the other)", func() {
-		s.mustCompose(t, 10*time.Minute, "cluster-up", cluster(append([]string{"up", "--detach", "--wait", "--wait-timeout", "300"}, nodes...)...)...)
+		s.mustCompose(t, 10*time.Minute, "cluster-up", append([]string{"up", "--detach", "--wait", "--wait-timeout", "300"}, nodes...)...)
 	})
 	if t.Failed() {
 		t.Logf("docker compose logs:\n%s", tail(s.logs(t, ""), 60))
@@ -82,6 +84,6 @@ func composeCluster(t *testing.T, e *engine, p *project) {
 		note("compose cluster: 3 nodes in one cluster; a quorum queue with a member on each")
 	})
 	step(t, "compose: cluster profile down", func() {
-		s.mustCompose(t, 3*time.Minute, "cluster-down", cluster("down", "--volumes", "--timeout", "5")...)
+		s.mustCompose(t, 3*time.Minute, "cluster-down", "down", "--volumes", "--timeout", "5")
 	})
 }

@@ -27,6 +27,8 @@ type stack struct {
 	mgmt  int
 	pg    int
 	files []string
+	// profiles are compose profiles every command activates.
+	profiles []string
 }
 
 func (s *stack) compose(t *testing.T, timeout time.Duration, logName string, args ...string) (string, error) {
@@ -34,6 +36,9 @@ func (s *stack) compose(t *testing.T, timeout time.Duration, logName string, arg
 	full := []string{"--project-name", composeProject}
 	for _, f := range s.files {
 		full = append(full, "-f", f)
+	}
+	for _, p := range s.profiles {
+		full = append(full, "--profile", p)
 	}
 	return s.e.composeCmd(t, s.p.dir, s.env, timeout, logName, append(full, args...)...)
 }

@@ -42,7 +42,6 @@ func TestMain(m *testing.M) {
 	printTable()
 	release() // (os.Exit paths above exit the process, which drops the lock too)
 	os.Exit(code)
-
 }
 
 // row is one line of the closing table.

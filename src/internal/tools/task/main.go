@@ -30,7 +30,9 @@ func main() {
 	if err != nil {
 		fail("%v", err)
 	}
-	args := append([]string{"go", "tool", "-modfile=" + filepath.Join(root, "src", "internal", "tools", "task", "task.mod"), "task"}, os.Args[1:]...)
+	// --exit-code: a failing command's own exit code (`go tool task call`
+	// exits 1 on an error reply), not Task's 201.
+	args := append([]string{"go", "tool", "-modfile=" + filepath.Join(root, "src", "internal", "tools", "task", "task.mod"), "task", "--exit-code"}, os.Args[1:]...)
 	if runtime.GOOS != "windows" {
 		// Become the go command: signals reach Task as if run directly.
 		err := syscall.Exec(gobin, args, os.Environ())
