@@ -330,31 +330,82 @@ func (b *Buffer) String() string {
 
 // RestartsLock is the file that serializes, on one machine, the tests that
 // stop or restart the shared RabbitMQ or PostgreSQL (the fault and cluster
-// suites, the worker's broker restart test) and the runs that must not see
-// them (.ci/run holds it for its whole run and sets RestartsLockedVar).
+// suites, the worker's broker restart test).
+//
+// Only Go test processes take it, through LockRestarts: Go opens files
+// close-on-exec, so a broker or database a test restarts does not inherit
+// the lock. (A shell that took it with `exec 9>file; flock 9` would pass
+// fd 9 to every child, and a RabbitMQ node restarted under it would hold
+// the lock for as long as it runs.)
 const RestartsLock = "/tmp/service-restarts.lock"
 
-// RestartsLockedVar is the variable that, set to 1, says a parent process
-// holds RestartsLock already (.ci/run): LockRestarts then takes nothing.
-const RestartsLockedVar = "SERVICE_RESTARTS_LOCKED"
+// restartsWait bounds how long LockRestarts waits for another run.
+const restartsWait = 15 * time.Minute
 
 // LockRestarts waits until no other test run on this machine restarts the
 // shared services, and holds the lock until release is called. It logs
-// once while it waits.
+// once while it waits, and gives up after 15 minutes with an error naming
+// the processes that hold the lock.
 func LockRestarts(logf func(format string, args ...any)) (release func(), err error) {
-	if os.Getenv(RestartsLockedVar) == "1" {
-		return func() {}, nil
-	}
-	f, err := os.OpenFile(RestartsLock, os.O_CREATE|os.O_RDWR, 0o666)
+	return lockFile(RestartsLock, restartsWait, logf)
+}
+
+// lockFile takes an exclusive flock on path, waiting up to wait.
+func lockFile(path string, wait time.Duration, logf func(format string, args ...any)) (release func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o666)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", RestartsLock, err)
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		logf("waiting for %s: another run on this machine restarts RabbitMQ or PostgreSQL", RestartsLock)
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+	fd := int(f.Fd())
+	give := time.Now().Add(wait)
+	for waited := false; ; waited = true {
+		err := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { _ = f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			_ = f.Close()
-			return nil, fmt.Errorf("lock %s: %w", RestartsLock, err)
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if !waited {
+			logf("waiting for %s: another run on this machine restarts RabbitMQ or PostgreSQL (held by %s)", path, lockHolders(path))
+		}
+		if time.Now().After(give) {
+			_ = f.Close()
+			return nil, fmt.Errorf("%s is still held after %v by %s: wait for that run to end, or stop the process if it is not a test run", path, wait, lockHolders(path))
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// lockHolders names the processes that have path open ("pid 12
+// (go test ...)"), read from /proc; "unknown processes" where that fails.
+func lockHolders(path string) string {
+	procs, _ := os.ReadDir("/proc")
+	var out []string
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
+		for _, fd := range fds {
+			if target, _ := os.Readlink("/proc/" + p.Name() + "/fd/" + fd.Name()); target == path {
+				cmd, _ := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+				out = append(out, fmt.Sprintf("pid %d (%s)", pid, truncateCmd(strings.ReplaceAll(strings.TrimRight(string(cmd), "\x00"), "\x00", " "))))
+				break
+			}
 		}
 	}
-	return func() { _ = f.Close() }, nil
+	if len(out) == 0 {
+		return "unknown processes"
+	}
+	return strings.Join(out, ", ")
+}
+
+func truncateCmd(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
