@@ -76,7 +76,7 @@ func (c *consumer) admit(ack *acker, d *amqp.Delivery) bool {
 // returned with it (attempt 0), for the dead letter.
 func (c *consumer) decode(d *amqp.Delivery) (req *Request, gz bool, err error) {
 	req = &Request{
-		Route: c.route, Deadline: deadlineOf(d),
+		Route: c.route, Deadline: deadlineOf(d), Event: c.eventOf(d),
 		Headers: d.Headers, MessageID: d.MessageId, CorrelationID: d.CorrelationId, AppID: d.AppId,
 		Timestamp: d.Timestamp, Redelivered: d.Redelivered,
 	}

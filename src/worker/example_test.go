@@ -132,3 +132,43 @@ func Example() {
 	_ = rpc.Shutdown(shutdownCtx)
 	_ = queue.Shutdown(shutdownCtx)
 }
+
+// Each service's subscription to a pattern has a queue of its own, named
+// after both; its replicas share it.
+func ExampleSubscriptionQueue() {
+	fmt.Println(worker.SubscriptionQueue("billing", "item.*"))
+	fmt.Println(worker.SubscriptionQueue("billing", "item.*") + worker.DeadLetterSuffix)
+	// Output:
+	// billing:item.*
+	// billing:item.*.dlq
+}
+
+// A service subscribes to events with an Events worker and publishes them
+// with a Client; both use the fleet's event exchange (DefaultEventExchange
+// unless WithEventExchange).
+func ExampleEvents() {
+	ctx := context.Background()
+	conn, err := worker.Dial(ctx, worker.Config{Host: "localhost"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	type item struct {
+		ID string `json:"id"`
+	}
+	events := worker.NewEvents(conn, "billing")
+	events.Handle("item.*", worker.Job(func(ctx context.Context, it item) error {
+		fmt.Println("billing saw item", it.ID)
+		return nil
+	}))
+	if err := events.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer events.Shutdown(ctx)
+
+	client := worker.NewClient(conn)
+	defer client.Close()
+	if err := client.PublishEvent(ctx, "item.created", item{ID: "42"}); err != nil {
+		log.Fatal(err)
+	}
+}

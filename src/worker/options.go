@@ -75,6 +75,7 @@ type options struct {
 	replyTo     func(string) bool
 	errorType   func(error) string
 	encoding    Encoding
+	exchange    string // WithEventExchange; "" means DefaultEventExchange
 }
 
 // Retry is the retry policy of a [Queue] worker: a failed handler runs again
