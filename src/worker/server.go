@@ -305,6 +305,9 @@ func (c *consumer) setup(ctx context.Context) (<-chan amqp.Delivery, error) {
 			return fail("", declareError(open, dlq, true, args, c.queues.typ, err))
 		}
 	}
+	if err := c.declareRetries(ch); err != nil {
+		return fail("", err)
+	}
 	durable, args := c.queues.routeQueue(s.kind, c.route)
 	if _, err := ch.QueueDeclare(c.route, durable, false, false, false, args); err != nil {
 		return fail("", declareError(open, c.route, durable, args, c.queues.typ, err))
