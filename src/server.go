@@ -154,6 +154,8 @@ func main() {
 		os.Exit(healthcheck(cfg))
 	case "call", "publish":
 		os.Exit(callOrPublish(cfg, cmd, args, os.Stdin, os.Stdout))
+	case "dlq":
+		os.Exit(deadLetters(cfg, args, os.Stdout))
 	default:
 		fmt.Fprintf(os.Stderr, "service: unknown command %q\n%s\n", cmd, usage)
 		os.Exit(2)

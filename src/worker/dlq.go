@@ -76,7 +76,7 @@ func (t *DeadLetters) count(ctx context.Context, queue string) (int, error) {
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	var ae *amqp.Error
 	if errors.As(err, &ae) && ae.Code == amqp.NotFound {
-		return 0, fmt.Errorf("count the messages of queue %q: %w", queue, errNoQueue)
+		return 0, fmt.Errorf("queue %q does not exist: has the route run on this broker and vhost (BROKER_VHOST), and is its name right? %w", queue, errNoQueue)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("count the messages of queue %q: %w", queue, err)

@@ -132,4 +132,3 @@ func TestDeadLettersReplayNoQueue(t *testing.T) {
 		t.Fatalf("after the refused replay the dead-letter queue holds %d, want 1", counts[0].Messages)
 	}
 }
-
