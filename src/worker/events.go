@@ -11,7 +11,7 @@ import (
 
 // DefaultEventExchange is the durable topic exchange every service of a
 // fleet publishes its events to and subscribes from, unless
-// [WithEventExchange] names another (BROKER_EVENT_EXCHANGE in the service).
+// [WithEventExchange] names another.
 const DefaultEventExchange = "events"
 
 // HeaderEvent carries an event's name on the copies the worker makes of it
