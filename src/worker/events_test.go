@@ -159,3 +159,49 @@ func TestEventNames(t *testing.T) {
 		ev.HandleFunc("item..x", func(context.Context, *worker.Request) ([]byte, error) { return nil, nil })
 	}()
 }
+
+// A subscription retries through the broker like a queue route, and the
+// retried run still knows its event: the copy carries the name the
+// routing key gave the first run.
+func TestEventsDelayedRetryKeepsTheEvent(t *testing.T) {
+	requireBroker(t)
+	service := testenv.Name("audit-")
+	exchange := eventExchange(t, []string{"item.#"}, service)
+	policy := worker.Retry{InBroker: true, Attempts: 3, Backoff: 50 * time.Millisecond}
+	t.Cleanup(func() {
+		var queues []string
+		for _, d := range worker.RetryDelays(policy) {
+			queues = append(queues, worker.RetryQueue(worker.SubscriptionQueue(service, "item.#"), d))
+		}
+		deleteQueues(t, queues...)
+	})
+	var mu sync.Mutex
+	var runs []string // Request.Event and Attempt of each run
+	ev := worker.NewEvents(dial(t, ""), service, worker.WithEventExchange(exchange), worker.WithRetry(policy))
+	ev.HandleFunc("item.#", func(_ context.Context, req *worker.Request) ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		runs = append(runs, fmt.Sprintf("%s/%d", req.Event, req.Attempt))
+		if req.Attempt < 2 {
+			return nil, fmt.Errorf("index %s: search is down", req.Event)
+		}
+		return nil, nil
+	})
+	start(t, ev)
+	c := worker.NewClient(dial(t, ""), worker.WithEventExchange(exchange))
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.PublishEvent(context.Background(), "item.price.changed", itemEvent{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "two runs", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(runs) >= 2
+	})
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"item.price.changed/1", "item.price.changed/2"}; strings.Join(runs, " ") != strings.Join(want, " ") {
+		t.Fatalf("runs %v, want %v", runs, want)
+	}
+}

@@ -172,3 +172,45 @@ func ExampleEvents() {
 		log.Fatal(err)
 	}
 }
+
+// With Retry.InBroker the waits of the policy are retry queues of the
+// route, one per distinct wait.
+func ExampleRetryDelays() {
+	policy := worker.Retry{Attempts: 6, Backoff: 200 * time.Millisecond, MaxBackoff: 5 * time.Second, InBroker: true}
+	for _, d := range worker.RetryDelays(policy) {
+		fmt.Println(d, worker.RetryQueue("emails", d))
+	}
+	// Output:
+	// 200ms emails.retry.200
+	// 400ms emails.retry.400
+	// 800ms emails.retry.800
+	// 1.6s emails.retry.1600
+	// 3.2s emails.retry.3200
+}
+
+// DeadLetters counts, shows and replays a route's dead letters, as
+// `service dlq` does.
+func ExampleDeadLetters() {
+	ctx := context.Background()
+	conn, err := worker.Dial(ctx, worker.Config{Host: "localhost"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	dl := worker.NewDeadLetters(conn)
+	counts, err := dl.List(ctx, "emails")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(counts[0].Queue, counts[0].Messages)
+	letters, _, err := dl.Show(ctx, "emails", 3)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, l := range letters {
+		fmt.Println(l.MessageID, l.ErrorType, l.Error)
+	}
+	// Once the fault is fixed:
+	moved, err := dl.Replay(ctx, "emails", 0)
+	fmt.Println(moved, err)
+}
