@@ -150,7 +150,8 @@ func ExampleEvents() {
 	ctx := context.Background()
 	conn, err := worker.Dial(ctx, worker.Config{Host: "localhost"})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer conn.Close()
 	type item struct {
@@ -162,14 +163,15 @@ func ExampleEvents() {
 		return nil
 	}))
 	if err := events.Start(ctx); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer events.Shutdown(ctx)
 
 	client := worker.NewClient(conn)
 	defer client.Close()
 	if err := client.PublishEvent(ctx, "item.created", item{ID: "42"}); err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
 	}
 }
 
@@ -194,18 +196,21 @@ func ExampleDeadLetters() {
 	ctx := context.Background()
 	conn, err := worker.Dial(ctx, worker.Config{Host: "localhost"})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer conn.Close()
 	dl := worker.NewDeadLetters(conn)
 	counts, err := dl.List(ctx, "emails")
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	fmt.Println(counts[0].Queue, counts[0].Messages)
 	letters, _, err := dl.Show(ctx, "emails", 3)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	for _, l := range letters {
 		fmt.Println(l.MessageID, l.ErrorType, l.Error)
