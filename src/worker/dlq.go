@@ -232,7 +232,10 @@ func (t *DeadLetters) Replay(ctx context.Context, route string, limit int) (int,
 			return moved, fmt.Errorf("replay route %q: message %q: no confirm from the broker: %w; it stays a dead letter (and may also be in %q)", route, d.MessageId, err, to)
 		}
 		select {
-		case r := <-returns: // a return comes before its confirm
+		case r, ok := <-returns: // a return comes before its confirm
+			if !ok { // the channel closed: the connection was lost
+				return moved, fmt.Errorf("replay route %q: the connection to the broker was lost before message %q was confirmed; it stays a dead letter (and may also be in %q): replay again", route, d.MessageId, to)
+			}
 			return moved, fmt.Errorf("replay route %q: %w: queue %q does not exist (broker: %s); message %q stays a dead letter; start the service that declares it and replay again",
 				route, ErrNoRoute, to, r.ReplyText, d.MessageId)
 		default:

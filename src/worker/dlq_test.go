@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,5 +131,104 @@ func TestDeadLettersReplayNoQueue(t *testing.T) {
 	}
 	if counts, _ := dl.List(ctx, r); counts[0].Messages != 1 {
 		t.Fatalf("after the refused replay the dead-letter queue holds %d, want 1", counts[0].Messages)
+	}
+}
+
+// Replay cut off by its connection closing mid-way (as when the process is
+// killed) loses nothing: every message is afterwards either handled or
+// still a dead letter, and a second Replay finishes the job. At most the
+// one message in flight at the cut (republished, its dead letter not yet
+// acked) is handled twice.
+func TestDeadLettersReplayInterrupted(t *testing.T) {
+	requireBroker(t)
+	conn := dial(t, "")
+	r := route(t, "replay-cut")
+	var broken atomic.Bool
+	broken.Store(true)
+	var mu sync.Mutex
+	stored := map[int]int{}
+	q := worker.NewQueue(conn, worker.WithRetry(worker.Retry{Attempts: 1}))
+	q.Handle(r, worker.Job(func(_ context.Context, j job) error {
+		if broken.Load() {
+			return errors.New("down")
+		}
+		mu.Lock()
+		stored[j.Count]++
+		mu.Unlock()
+		return nil
+	}))
+	start(t, q)
+	c := client(t, conn)
+	ctx := context.Background()
+	const n = 300
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if err := c.Publish(ctx, r, job{ID: "m", Count: i}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	dl := worker.NewDeadLetters(conn)
+	eventually(t, fmt.Sprintf("%d dead letters", n), func() bool {
+		counts, err := dl.List(ctx, r)
+		return err == nil && counts[0].Messages == n
+	})
+	broken.Store(false)
+
+	cut := dial(t, "")
+	go func() {
+		for {
+			mu.Lock()
+			k := len(stored)
+			mu.Unlock()
+			if k >= 30 {
+				_ = cut.Close() // the replaying process dies
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	moved, err := worker.NewDeadLetters(cut).Replay(ctx, r, 0)
+	if err == nil || moved == n {
+		t.Fatalf("the cut Replay moved %d and returned %v; want it cut short", moved, err)
+	}
+	t.Logf("cut after %d moved: %v", moved, err)
+	// Nothing lost: each message handled or still a dead letter.
+	eventually(t, "every message handled or a dead letter", func() bool {
+		counts, err := dl.List(ctx, r)
+		mu.Lock()
+		defer mu.Unlock()
+		return err == nil && len(stored)+counts[0].Messages >= n
+	})
+	rest, err := dl.Replay(ctx, r, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, fmt.Sprintf("all %d handled", n), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(stored) == n
+	})
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	twice := 0
+	for i := range n {
+		switch stored[i] {
+		case 0:
+			t.Errorf("message %d lost", i)
+		case 1:
+		default:
+			twice++
+		}
+	}
+	t.Logf("first replay moved %d before the cut, the second %d; %d handled twice", moved, rest, twice)
+	if twice > 1 {
+		t.Errorf("%d messages handled twice; at most the one in flight at the cut may be", twice)
+	}
+	if counts, _ := dl.List(ctx, r); counts[0].Messages != 0 {
+		t.Errorf("dead-letter queue holds %d after the second replay", counts[0].Messages)
 	}
 }
