@@ -153,3 +153,52 @@ func TestDelayedRetryBadRequest(t *testing.T) {
 		t.Fatalf("%d runs, dead letter x-attempts %v: want 1 and 1", runs, dl.Headers[worker.HeaderAttempts])
 	}
 }
+
+// On classic queues (WithQueueType) the retry queues are classic too, and
+// a message that fails twice then succeeds runs three times, waiting at
+// least 50 and 100 ms in the broker, and is not dead-lettered.
+func TestDelayedRetryClassic(t *testing.T) {
+	requireBroker(t)
+	policy := worker.Retry{InBroker: true, Attempts: 4, Backoff: 50 * time.Millisecond}
+	conn := dial(t, "")
+	r := brokerRoute(t, "delayed-classic", policy)
+	var mu sync.Mutex
+	var runs []time.Time
+	q := worker.NewQueue(conn, worker.WithRetry(policy), worker.WithQueueType(worker.Classic))
+	q.Handle(r, worker.Job(func(context.Context, job) error {
+		mu.Lock()
+		defer mu.Unlock()
+		runs = append(runs, time.Now())
+		if len(runs) < 3 {
+			return fmt.Errorf("run %d: the mail server refused the connection", len(runs))
+		}
+		return nil
+	}))
+	start(t, q)
+	if err := client(t, conn).Publish(context.Background(), r, job{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "three runs", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(runs) >= 3
+	})
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(runs) != 3 {
+		t.Fatalf("%d runs, want 3", len(runs))
+	}
+	for i, d := range []time.Duration{50 * time.Millisecond, 100 * time.Millisecond} {
+		if gap := runs[i+1].Sub(runs[i]); gap < d {
+			t.Errorf("run %d came %v after run %d, before its delay of %v", i+2, gap, i+1, d)
+		}
+	}
+	ch := raw(t)
+	if got := queueLen(t, ch, r+worker.DeadLetterSuffix); got != 0 {
+		t.Errorf("%d dead letters, want 0", got)
+	}
+	if got := queueLen(t, ch, worker.RetryQueue(r, 50*time.Millisecond)); got != 0 {
+		t.Errorf("retry queue holds %d, want 0", got)
+	}
+}
