@@ -31,6 +31,7 @@ import (
 	"example.com/service/src/internal/redact"
 	"example.com/service/src/models"
 	"example.com/service/src/runner"
+	"example.com/service/src/telemetry"
 	"example.com/service/src/worker"
 )
 
@@ -116,7 +117,7 @@ func newLogger(cfg config) *slog.Logger {
 	if cfg.development() {
 		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
 	}
-	return slog.New(redact.Handler(h, secrets()...))
+	return slog.New(telemetry.LogHandler(redact.Handler(h, secrets()...)))
 }
 
 // secrets are the passwords of the configuration, to keep out of output.
@@ -178,11 +179,29 @@ func main() {
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	//
+	// TELEMETRY: traces go to an OTLP endpoint when OTEL_* variables name one.
+	//
+	tel, err := telemetry.FromEnv(ctx, "service")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(ctx); err != nil {
+			log.Warn("traces not all exported", "err", err)
+		}
+	}()
+
+	//
 	// DATABASE SETUP: connect first, retrying until StartTimeout.
 	//
 	startCtx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 	cfg.Database.Logger = log
+	if tel.Tracing {
+		cfg.Database.QueryTracer = db.NewTracer(tel.TracerProvider) // a span per statement
+	}
 	database, err := db.Open(startCtx, cfg.Database)
 	if err != nil {
 		return err // "cannot reach PostgreSQL at ..."
@@ -206,6 +225,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		worker.WithQueueType(cfg.RPCQueueType), worker.WithErrorType(errorType))
 	queue := worker.NewQueue(broker, worker.WithLogger(log), worker.WithDevelopment(cfg.development()),
 		worker.WithQueueType(cfg.QueueType), worker.WithErrorType(errorType))
+	if tel.Tracing { // a span per delivery, child of the caller's
+		rpc.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
+		queue.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
+	}
 
 	//
 	// MODELS and ROUTES: a model is a table's row type plus its queries (the

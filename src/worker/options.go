@@ -1,9 +1,12 @@
 package worker
 
 import (
+	"context"
 	"log/slog"
 	"maps"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // Options are typed by what they configure, so one that does not apply is
@@ -75,6 +78,11 @@ type options struct {
 	replyTo     func(string) bool
 	errorType   func(error) string
 	encoding    Encoding
+
+	// send, when set (WithTracing), runs as a Client sends a message: it
+	// may change its headers and returns the ctx to send with and what to
+	// call with the result.
+	send func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error))
 }
 
 // Retry is the retry policy of a [Queue] worker: a failed handler runs again

@@ -79,7 +79,7 @@ type route struct {
 }
 
 func newServer(conn *Conn, k kind, o options) *server {
-	base, cancel := context.WithCancel(context.Background())
+	base, cancel := context.WithCancel(context.WithValue(context.Background(), kindKey{}, k))
 	if o.replyTo == nil {
 		o.replyTo = ReplyQueue
 	}
