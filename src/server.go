@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"example.com/service/src/db"
 	"example.com/service/src/internal/env"
@@ -57,6 +59,10 @@ type config struct {
 	// DrainTimeout bounds the graceful stop (DRAIN_TIMEOUT, default 10s):
 	// in-flight requests get this long to finish and be answered.
 	DrainTimeout time.Duration
+
+	// MetricsAddr is where /metrics, /healthz and /readyz are served
+	// (METRICS_ADDR, host:port; default empty: not served).
+	MetricsAddr string
 }
 
 func (c config) development() bool { return c.Mode == "development" }
@@ -75,6 +81,7 @@ func loadConfig() (config, error) {
 	qt, errs[5] = env.OneOf("BROKER_QUEUE_TYPE", string(worker.Quorum), string(worker.Quorum), string(worker.Classic))
 	rqt, errs[6] = env.OneOf("BROKER_RPC_QUEUE_TYPE", string(worker.Classic), string(worker.Classic), string(worker.Quorum))
 	cfg.QueueType, cfg.RPCQueueType = worker.QueueType(qt), worker.QueueType(rqt)
+	cfg.MetricsAddr = env.Get("METRICS_ADDR", "")
 	if !cfg.development() {
 		errs[7] = productionChecks()
 		if cfg.Database.SSLMode == "" && os.Getenv("DB_URL") == "" {
@@ -229,6 +236,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		rpc.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
 		queue.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
 	}
+	services := []runner.Service{runner.Named("rpc worker", rpc), runner.Named("queue worker", queue)}
+	if cfg.MetricsAddr != "" { // metrics per route, and the health checks
+		listener, err := observe(cfg, broker, database, rpc, queue)
+		if err != nil {
+			return err
+		}
+		// First to start, last to stop: /readyz says "not ready" while the workers drain.
+		services = append([]runner.Service{runner.Named("metrics and health listener", listener)}, services...)
+	}
 
 	//
 	// MODELS and ROUTES: a model is a table's row type plus its queries (the
@@ -241,7 +257,29 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// work, let in-flight requests finish (DrainTimeout) and close in reverse.
 	//
 	r := &runner.Runner{Logger: log, DrainTimeout: cfg.DrainTimeout}
-	return r.Run(ctx, runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
+	return r.Run(ctx, services...)
+}
+
+// observe counts the workers' deliveries, the connections' state and the
+// database pool in a Prometheus registry, and returns the listener that
+// serves it at /metrics with /healthz and /readyz (ready while both
+// workers consume on every route and the database answers).
+func observe(cfg config, broker *worker.Conn, database *db.Client, rpc *worker.RPC, queue *worker.Queue) (*telemetry.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewDBStatsCollector(database.DB().DB, cfg.Database.Database))
+	metrics, err := worker.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := metrics.Watch(broker); err != nil {
+		return nil, err
+	}
+	rpc.Use(metrics.Middleware())
+	queue.Use(metrics.Middleware())
+	return telemetry.Listen(cfg.MetricsAddr, reg, func(ctx context.Context) error {
+		return errors.Join(rpc.Ready(), queue.Ready(), database.Ping(ctx))
+	})
 }
 
 // errorType names the service's errors on the wire, in one place: an error

@@ -101,9 +101,9 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) (err err
 	id := c.prefix + itoa(c.seq.Add(1))
 	msg.CorrelationId = id
 	msg.MessageId = id
-	if c.opts.send != nil { // WithTracing
+	for _, hook := range c.opts.sends { // WithTracing, Metrics.Client
 		var end func(error)
-		ctx, end = c.opts.send(ctx, "call", route, &msg)
+		ctx, end = hook(ctx, "call", route, &msg)
 		defer func() { end(err) }()
 	}
 	done := make(chan callResult, 1)
@@ -200,9 +200,9 @@ func (c *Client) Publish(ctx context.Context, queue string, data any) (err error
 		DeliveryMode: amqp.Persistent,
 		Body:         body, // the publisher gives it a unique message id
 	}
-	if c.opts.send != nil { // WithTracing
+	for _, hook := range c.opts.sends { // WithTracing, Metrics.Client
 		var end func(error)
-		ctx, end = c.opts.send(ctx, "publish", queue, &msg)
+		ctx, end = hook(ctx, "publish", queue, &msg)
 		defer func() { end(err) }()
 	}
 	return c.pub.publish(ctx, queue, msg)

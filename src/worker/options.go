@@ -79,11 +79,15 @@ type options struct {
 	errorType   func(error) string
 	encoding    Encoding
 
-	// send, when set (WithTracing), runs as a Client sends a message: it
-	// may change its headers and returns the ctx to send with and what to
-	// call with the result.
-	send func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error))
+	// sends run as a Client sends a message (WithTracing, Metrics.Client),
+	// the first outermost.
+	sends []sendHook
 }
+
+// sendHook is told of a Call (op "call") or Publish (op "publish") about
+// to be sent: it may change the message's headers and returns the ctx to
+// send with and a function to call with the result.
+type sendHook func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error))
 
 // Retry is the retry policy of a [Queue] worker: a failed handler runs again
 // after Backoff, the wait doubling each time up to MaxBackoff, for at most

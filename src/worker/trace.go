@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"slices"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel"
@@ -185,7 +186,7 @@ func WithTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) Cl
 	}
 	tracer := tp.Tracer(tracerName)
 	return clientOption(func(o *options) {
-		o.send = func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error)) {
+		o.sends = append(slices.Clone(o.sends), func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error)) {
 			kind := trace.SpanKindProducer
 			if op == "call" {
 				kind = trace.SpanKindClient
@@ -227,6 +228,6 @@ func WithTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) Cl
 				}
 				span.End()
 			}
-		}
+		})
 	})
 }
