@@ -34,7 +34,9 @@ const usage = `usage:
   service publish [--timeout D] ROUTE [JSON]
                               publish JSON as the data of a message to a queue route
                               and wait for the broker's confirm
-  service healthcheck         exit 0 when RabbitMQ and PostgreSQL answer
+  service healthcheck         exit 0 when the service is ready: /readyz at METRICS_ADDR
+                              (consuming on every route, database reachable); without
+                              METRICS_ADDR, when RabbitMQ and PostgreSQL answer
 
 call and publish read the same BROKER_* variables as the service.`
 

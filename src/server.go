@@ -9,7 +9,7 @@
 //
 //	service              run until SIGINT or SIGTERM
 //	service routes       list the routes (also: asyncapi, call, publish)
-//	service healthcheck  exit 0 when RabbitMQ and PostgreSQL answer (for container health checks)
+//	service healthcheck  exit 0 when the service is ready (/readyz at METRICS_ADDR), or else when RabbitMQ and PostgreSQL answer
 package main
 
 import (
@@ -19,6 +19,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -368,10 +370,16 @@ func routes(rpc, queue worker.Router, s *service) {
 	}))
 }
 
-// healthcheck answers whether RabbitMQ and PostgreSQL can be reached, for a
-// container's HEALTHCHECK in an image without a shell. It tries both at once
-// for up to 3 s each, prints one line, and returns the exit code.
+// healthcheck answers whether the service is ready, for a container's
+// HEALTHCHECK in an image without a shell: with METRICS_ADDR set it asks
+// the running service's /readyz (consuming on every route, database
+// reachable); without, whether RabbitMQ and PostgreSQL can be reached,
+// trying both at once for up to 3 s each. It prints one line and returns
+// the exit code.
 func healthcheck(cfg config) int {
+	if cfg.MetricsAddr != "" {
+		return readyz(cfg.MetricsAddr)
+	}
 	slog.SetDefault(slog.New(slog.DiscardHandler)) // no retry chatter: the verdict is the output
 	probe := func(connect func(context.Context) (io.Closer, error)) <-chan error {
 		result := make(chan error, 1)
@@ -393,5 +401,33 @@ func healthcheck(cfg config) int {
 		return 1
 	}
 	fmt.Println("healthy: RabbitMQ and PostgreSQL answer")
+	return 0
+}
+
+// readyz asks the service listening at addr (METRICS_ADDR; an empty host
+// means this machine) whether it is ready.
+func readyz(addr string) int {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: METRICS_ADDR=%q is not host:port: %v\n", addr, err)
+		return 1
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	url := "http://" + net.JoinHostPort(host, port) + "/readyz"
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: no answer from %s (is the service running with METRICS_ADDR=%s?): %v\n", url, addr, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "unhealthy: %s answered %d: %s\n", url, resp.StatusCode, strings.TrimSpace(string(body)))
+		return 1
+	}
+	fmt.Println("healthy: ready (consuming on every route, database reachable)")
 	return 0
 }

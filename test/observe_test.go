@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -246,6 +249,19 @@ func waitStatus(t *testing.T, addr, path string, code int, within time.Duration)
 	return 0
 }
 
+// healthcheck runs `service healthcheck` against the service at addr.
+func healthcheck(t *testing.T, addr string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(bins.Service, "healthcheck")
+	cmd.Env = append(os.Environ(), "MODE=development", "METRICS_ADDR="+addr)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("run service healthcheck: %v", err)
+	}
+	return cmd.ProcessState.ExitCode(), string(out)
+}
+
 // TestReadiness cuts the service's connection to the broker (a TCP proxy
 // between them) and checks /readyz: not ready within 2 s, ready again once
 // the broker is back, and not ready at the start of a drain while
@@ -258,10 +274,16 @@ func TestReadiness(t *testing.T) {
 	p := stack.Start(t, bins, env, "METRICS_ADDR="+addr, "BROKER_HOST=127.0.0.1", "BROKER_PORT="+port)
 
 	waitStatus(t, addr, "/readyz", http.StatusOK, 30*time.Second)
+	if code, out := healthcheck(t, addr); code != 0 || !strings.Contains(out, "healthy: ready") {
+		t.Errorf("service healthcheck while ready: exit %d, %q; want 0", code, out)
+	}
 	proxy.cut()
 	took := waitStatus(t, addr, "/readyz", http.StatusServiceUnavailable, 2*time.Second)
 	_, body, _ := get(addr, "/readyz")
 	t.Logf("not ready %s after the cut: %s", took.Round(time.Millisecond), strings.TrimSpace(body))
+	if code, out := healthcheck(t, addr); code != 1 || !strings.Contains(out, "not consuming") {
+		t.Errorf("service healthcheck with the broker away: exit %d, %q; want 1 saying a route is not consuming", code, out)
+	}
 	if code, _, err := get(addr, "/healthz"); err != nil || code != http.StatusOK {
 		t.Errorf("/healthz while the broker is away = %d %v, want 200 (alive)", code, err)
 	}
