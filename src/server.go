@@ -416,8 +416,14 @@ func readyz(addr string) int {
 		host = "127.0.0.1"
 	}
 	url := "http://" + net.JoinHostPort(host, port) + "/readyz"
-	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get(url)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, http.NoBody)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: METRICS_ADDR=%q does not make a URL: %v\n", addr, err)
+		return 1
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "unhealthy: no answer from %s (is the service running with METRICS_ADDR=%s?): %v\n", url, addr, err)
 		return 1

@@ -164,6 +164,16 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("unbounded label in %s", k)
 		}
 	}
+	if testing.Verbose() { // an excerpt, for the README
+		_, body, _ := get(addr, "/metrics")
+		var lines []string
+		for l := range strings.SplitSeq(body, "\n") {
+			if (strings.HasPrefix(l, "worker_") && !strings.Contains(l, "_bucket")) || strings.HasPrefix(l, "go_sql_in_use") || strings.HasPrefix(l, "go_sql_open") {
+				lines = append(lines, l)
+			}
+		}
+		t.Logf("metrics excerpt:\n%s", strings.Join(lines, "\n"))
+	}
 }
 
 // tcpProxy forwards connections to target until cut.

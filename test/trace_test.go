@@ -106,6 +106,55 @@ func attr(s *tracepb.Span, key string) string {
 	return ""
 }
 
+// tree draws the spans of trace id, the client's and the service's, as an
+// indented list with durations and their main attributes.
+func tree(exp *tracetest.InMemoryExporter, otlp *otlpReceiver, id trace.TraceID) string {
+	type node struct {
+		id, parent, name, kind, attrs string
+		took                          time.Duration
+	}
+	var nodes []node
+	for _, s := range exp.GetSpans() {
+		if s.SpanContext.TraceID() == id {
+			nodes = append(nodes, node{
+				id: s.SpanContext.SpanID().String(), parent: s.Parent.SpanID().String(), name: s.Name,
+				kind: s.SpanKind.String(), took: s.EndTime.Sub(s.StartTime),
+			})
+		}
+	}
+	otlp.mu.Lock()
+	for _, s := range otlp.spans {
+		if string(s.TraceId) != string(id[:]) {
+			continue
+		}
+		var attrs []string
+		for _, kv := range s.Attributes {
+			switch kv.Key {
+			case "messaging.rabbitmq.outcome", "db.operation.name", "db.collection.name", "messaging.destination.name":
+				attrs = append(attrs, kv.Key+"="+kv.Value.GetStringValue())
+			}
+		}
+		kind := strings.ToLower(strings.TrimPrefix(s.Kind.String(), "SPAN_KIND_"))
+		nodes = append(nodes, node{
+			id: hex.EncodeToString(s.SpanId), parent: hex.EncodeToString(s.ParentSpanId), name: s.Name,
+			kind: kind, attrs: strings.Join(attrs, " "), took: time.Duration(s.EndTimeUnixNano - s.StartTimeUnixNano),
+		})
+	}
+	otlp.mu.Unlock()
+	var b strings.Builder
+	var walk func(parent string, depth int)
+	walk = func(parent string, depth int) {
+		for _, n := range nodes {
+			if n.parent == parent {
+				fmt.Fprintf(&b, "%s%s [%s, %s] %s\n", strings.Repeat("  ", depth), n.name, n.kind, n.took.Round(10*time.Microsecond), n.attrs)
+				walk(n.id, depth+1)
+			}
+		}
+	}
+	walk(trace.SpanID{}.String(), 0)
+	return b.String()
+}
+
 // TestTrace runs the service exporting OTLP/HTTP to a receiver in the
 // test, calls it through a traced client inside a caller span and checks
 // the service's spans join the caller's trace: caller → send → process
@@ -169,7 +218,7 @@ func TestTrace(t *testing.T) {
 				t.Errorf("SQL span attribute %s holds the statement's argument: %v", kv.Key, kv.Value)
 			}
 		}
-		t.Logf("trace %s: %s -> %s -> %s -> %s", id, "gateway request", send.Name, route.Name, sql.Name)
+		t.Logf("trace %s:\n%s", id, tree(exp, otlp, id))
 	})
 
 	t.Run("through a queue route", func(t *testing.T) {

@@ -35,7 +35,8 @@ const ReadyTimeout = 2 * time.Second
 // is called for each /readyz with a ctx bounded by [ReadyTimeout]; nil
 // means always ready.
 func Listen(addr string, g prometheus.Gatherer, ready func(context.Context) error) (*Server, error) {
-	ln, err := net.Listen("tcp", addr)
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for metrics and health checks on METRICS_ADDR=%q: %w", addr, err)
 	}
