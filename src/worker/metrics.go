@@ -97,7 +97,7 @@ func (m *Metrics) Middleware() Middleware {
 			out, err := next.Serve(ctx, req)
 			m.duration.WithLabelValues(k, req.Route).Observe(time.Since(began).Seconds())
 			inFlight.Dec()
-			outcome, _, _ := classify(ctx, err)
+			outcome, _, _ := classify(ctx, req, err)
 			m.requests.WithLabelValues(k, req.Route, outcome).Inc()
 			if outcome == OutcomeDeadLettered {
 				m.deadLetters.WithLabelValues(req.Route).Inc()

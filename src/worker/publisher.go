@@ -149,6 +149,13 @@ var errNacked = errors.New("the broker refused the message (nack)")
 // table on every message would cost the broker about a quarter of its
 // publish throughput.
 func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishing) error {
+	return p.publishTo(ctx, "", queue, true, msg)
+}
+
+// publishTo is publish to any exchange with routing key queue; a message
+// that is not mandatory and routes nowhere is confirmed (and dropped by
+// the broker).
+func (p *publisher) publishTo(ctx context.Context, exchange, queue string, mandatory bool, msg amqp.Publishing) error {
 	key := p.prefix + "." + itoa(p.ids.Add(1))
 	if msg.MessageId == "" {
 		msg.MessageId = key
@@ -172,7 +179,7 @@ func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishi
 		s.pending[seq] = pp
 		s.byKey[key] = seq
 		s.pendMu.Unlock()
-		err = s.ch.PublishWithContext(ctx, "", queue, true, false, msg)
+		err = s.ch.PublishWithContext(ctx, exchange, queue, mandatory, false, msg)
 		s.pubMu.Unlock()
 		if err != nil {
 			s.forget(seq)

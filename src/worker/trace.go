@@ -41,6 +41,7 @@ const (
 	OutcomeError        = "error"         // RPC: answered with an error (its type is error.type)
 	OutcomeAcked        = "acked"         // queue: handled and acked
 	OutcomeDeadLettered = "dead_lettered" // queue: failed for good, sent to ROUTE.dlq
+	OutcomeRetrying     = "retrying"      // queue: failed; waits in a retry queue of the broker (Retry.InBroker)
 	OutcomeRequeued     = "requeued"      // queue: stopped while waiting to retry; back in its queue
 	OutcomeExpired      = "expired"       // the caller's deadline passed before it ran; not run
 )
@@ -121,14 +122,14 @@ func Trace(tp trace.TracerProvider, prop propagation.TextMapPropagator) Middlewa
 				))
 			defer span.End()
 			out, err := next.Serve(ctx, req)
-			outcome, typ, id := classify(ctx, err)
+			outcome, typ, id := classify(ctx, req, err)
 			span.SetAttributes(AttrOutcome.String(outcome))
 			if err != nil {
 				span.SetAttributes(attrErrorType.String(typ))
 				if id != "" {
 					span.SetAttributes(AttrErrorID.String(id))
 				}
-				if outcome == OutcomeError || outcome == OutcomeDeadLettered {
+				if outcome == OutcomeError || outcome == OutcomeDeadLettered || outcome == OutcomeRetrying {
 					span.SetStatus(codes.Error, typ)
 				}
 			}
@@ -140,8 +141,9 @@ func Trace(tp trace.TracerProvider, prop propagation.TextMapPropagator) Middlewa
 // classify names what becomes of a delivery whose pipeline returned err,
 // as seen from a Use middleware (outside the worker's own): its outcome,
 // the error's reply type and error id.
-func classify(ctx context.Context, err error) (what, typ, id string) {
-	queue := kindOf(ctx) == kindQueue
+func classify(ctx context.Context, req *Request, err error) (what, typ, id string) {
+	s, _ := ctx.Value(serverKey{}).(*server)
+	queue := s != nil && s.kind == kindQueue
 	var o *outcome
 	switch {
 	case err == nil && queue:
@@ -157,18 +159,28 @@ func classify(ctx context.Context, err error) (what, typ, id string) {
 	default: // a Use middleware inside this one failed on its own
 		typ = DefaultErrorType(err)
 	}
-	if queue {
+	switch {
+	case o != nil && queue:
+		if _, later := s.brokerDelay(req.Attempt, o); later {
+			return OutcomeRetrying, typ, id
+		}
+		return OutcomeDeadLettered, typ, id
+	case queue:
 		return OutcomeDeadLettered, typ, id
 	}
 	return OutcomeError, typ, id
 }
 
-// kindKey keys the worker's kind on the base ctx of its deliveries.
-type kindKey struct{}
+// serverKey keys the worker on the base ctx of its deliveries.
+type serverKey struct{}
 
+// kindOf is the kind of the worker running a delivery with ctx; RPC when
+// none is (a middleware called directly).
 func kindOf(ctx context.Context) kind {
-	k, _ := ctx.Value(kindKey{}).(kind)
-	return k
+	if s, _ := ctx.Value(serverKey{}).(*server); s != nil {
+		return s.kind
+	}
+	return kindRPC
 }
 
 // WithTracing makes a Client trace its Calls and Publishes: each runs in a

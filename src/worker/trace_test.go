@@ -253,3 +253,41 @@ func TestTraceQueue(t *testing.T) {
 		t.Errorf("status %v, want Error", bad.Status)
 	}
 }
+
+// TestTraceBrokerRetry: with retries held by the broker each run is a
+// delivery of its own: the failed runs are "retrying", the last one
+// "dead_lettered", and all stay in the publisher's trace (the retry copies
+// keep the headers).
+func TestTraceBrokerRetry(t *testing.T) {
+	requireBroker(t)
+	tp, exp, prop := tracing(t)
+	policy := worker.Retry{InBroker: true, Attempts: 3, Backoff: 20 * time.Millisecond}
+	conn := dial(t, "")
+	name := brokerRoute(t, "trace-delayed", policy)
+	q := worker.NewQueue(conn, worker.WithRetry(policy))
+	q.Use(worker.Trace(tp, prop))
+	q.Handle(name, worker.Job(func(context.Context, string) error { return errors.New("still failing") }))
+	start(t, q)
+	c := worker.NewClient(conn, worker.WithTracing(tp, prop))
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.Publish(context.Background(), name, "x"); err != nil {
+		t.Fatal(err)
+	}
+	var runs []tracetest.SpanStub
+	eventually(t, "three process spans", func() bool {
+		runs = runs[:0]
+		for _, s := range exp.GetSpans() {
+			if s.Name == "process "+name {
+				runs = append(runs, s)
+			}
+		}
+		return len(runs) >= 3
+	})
+	send := spanNamed(t, exp, "send "+name)
+	for i, want := range []string{worker.OutcomeRetrying, worker.OutcomeRetrying, worker.OutcomeDeadLettered} {
+		wantAttr(t, runs[i], worker.AttrOutcome, want)
+		if runs[i].SpanContext.TraceID() != send.SpanContext.TraceID() {
+			t.Errorf("run %d is in trace %s, want the publisher's %s", i+1, runs[i].SpanContext.TraceID(), send.SpanContext.TraceID())
+		}
+	}
+}
