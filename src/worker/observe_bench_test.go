@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
@@ -94,4 +95,34 @@ func benchObserved(b *testing.B, conc int, tracing, metered bool) {
 	b.ReportMetric(onRate/offRate, "ratio")
 	b.ReportMetric(float64(offP99.Microseconds()), "off-p99-µs")
 	b.ReportMetric(float64(onP99.Microseconds()), "on-p99-µs")
+}
+
+// BenchmarkTraceHeader: what carrying a trace context costs without any
+// tracing code: a raw amqp091-go caller sending a traceparent header on
+// every request against the same caller sending none, to the same raw echo
+// server, in alternating rounds. ratio is with/without.
+func BenchmarkTraceHeader(b *testing.B) {
+	quiet(b)
+	requireBroker(b)
+	for _, conc := range []int{1, 64} {
+		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
+			q := route(b, "bench-header")
+			rawEcho(b, q, false, worker.Classic)
+			plain := newRawCaller(b, true, false)
+			traced := newRawCaller(b, true, false)
+			traced.headers = amqp.Table{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+			body := []byte(`{"data":` + string(benchPayload) + `}`)
+			_, _ = plain.call(q, body), traced.call(q, body)
+			b.ResetTimer()
+			without, with, _, _, err := interleaved(b.N, conc, max(200, conc*10),
+				func() error { return plain.call(q, body) }, func() error { return traced.call(q, body) })
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			b.ReportMetric(without, "without-ops/s")
+			b.ReportMetric(with, "with-ops/s")
+			b.ReportMetric(with/without, "ratio")
+		})
+	}
 }
