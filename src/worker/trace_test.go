@@ -1,10 +1,13 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"example.com/service/src/telemetry"
 	"example.com/service/src/worker"
 )
 
@@ -290,4 +294,48 @@ func TestTraceBrokerRetry(t *testing.T) {
 			t.Errorf("run %d is in trace %s, want the publisher's %s", i+1, runs[i].SpanContext.TraceID(), send.SpanContext.TraceID())
 		}
 	}
+}
+
+// TestTraceFailureLog: the worker's own failure line carries the trace id
+// of the delivery's span when its logger's handler reads it from ctx
+// (telemetry.LogHandler).
+func TestTraceFailureLog(t *testing.T) {
+	requireBroker(t)
+	tp, exp, prop := tracing(t)
+	var buf syncBuffer
+	logger := slog.New(telemetry.LogHandler(slog.NewTextHandler(&buf, nil)))
+	conn := dial(t, "")
+	name := route(t, "trace-log")
+	rpc := worker.NewRPC(conn, worker.WithLogger(logger), worker.WithDevelopment(true))
+	rpc.Use(worker.Trace(tp, prop))
+	rpc.Handle(name, worker.Func(func(context.Context, string) (string, error) { return "", errors.New("broken") }))
+	start(t, rpc)
+	c := worker.NewClient(conn, worker.WithTracing(tp, prop))
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.Call(context.Background(), name, "x", nil); err == nil {
+		t.Fatal("call succeeded")
+	}
+	s := spanNamed(t, exp, "process "+name)
+	want := "trace_id=" + s.SpanContext.TraceID().String() + " span_id=" + s.SpanContext.SpanID().String()
+	if !strings.Contains(buf.String(), want) {
+		t.Errorf("the failure line lacks %q:\n%s", want, buf.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the worker's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
