@@ -66,7 +66,11 @@ COPY --from=build /out/service /service
 # /etc/passwd, so it is given by number.
 USER 65532:65532
 ENV MODE=production
-# Exits 0 when RabbitMQ and PostgreSQL answer, else 1 with what is unreachable.
+# /metrics, /healthz and /readyz.
+ENV METRICS_ADDR=:9464
+EXPOSE 9464
+# Exits 0 when the service is ready (its /readyz: consuming on every route,
+# database reachable), else 1 with why not.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
   CMD ["/service", "healthcheck"]
 ENTRYPOINT ["/service"]

@@ -37,7 +37,9 @@ const usage = `usage:
   service dlq list|show|replay [ROUTE]
                               count, show and replay the dead letters of queue routes
                               (service dlq for details)
-  service healthcheck         exit 0 when RabbitMQ and PostgreSQL answer
+  service healthcheck         exit 0 when the service is ready: /readyz at METRICS_ADDR
+                              (consuming on every route, database reachable); without
+                              METRICS_ADDR, when RabbitMQ and PostgreSQL answer
 
 call, publish and dlq read the same BROKER_* variables as the service.`
 

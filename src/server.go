@@ -9,7 +9,7 @@
 //
 //	service              run until SIGINT or SIGTERM
 //	service routes       list the routes (also: asyncapi, call, publish)
-//	service healthcheck  exit 0 when RabbitMQ and PostgreSQL answer (for container health checks)
+//	service healthcheck  exit 0 when the service is ready (/readyz at METRICS_ADDR), or else when RabbitMQ and PostgreSQL answer
 package main
 
 import (
@@ -19,18 +19,23 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"example.com/service/src/db"
 	"example.com/service/src/internal/env"
 	"example.com/service/src/internal/redact"
 	"example.com/service/src/models"
 	"example.com/service/src/runner"
+	"example.com/service/src/telemetry"
 	"example.com/service/src/worker"
 )
 
@@ -61,6 +66,10 @@ type config struct {
 	// DrainTimeout bounds the graceful stop (DRAIN_TIMEOUT, default 10s):
 	// in-flight requests get this long to finish and be answered.
 	DrainTimeout time.Duration
+
+	// MetricsAddr is where /metrics, /healthz and /readyz are served
+	// (METRICS_ADDR, host:port; default empty: not served).
+	MetricsAddr string
 }
 
 func (c config) development() bool { return c.Mode == "development" }
@@ -81,6 +90,7 @@ func loadConfig() (config, error) {
 	cfg.QueueType, cfg.RPCQueueType = worker.QueueType(qt), worker.QueueType(rqt)
 	retry, errs[8] = env.OneOf("BROKER_RETRY", "worker", "worker", "broker")
 	cfg.RetryInBroker = retry == "broker"
+	cfg.MetricsAddr = env.Get("METRICS_ADDR", "")
 	if !cfg.development() {
 		errs[7] = productionChecks()
 		if cfg.Database.SSLMode == "" && os.Getenv("DB_URL") == "" {
@@ -123,7 +133,7 @@ func newLogger(cfg config) *slog.Logger {
 	if cfg.development() {
 		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
 	}
-	return slog.New(redact.Handler(h, secrets()...))
+	return slog.New(telemetry.LogHandler(redact.Handler(h, secrets()...)))
 }
 
 // secrets are the passwords of the configuration, to keep out of output.
@@ -187,11 +197,29 @@ func main() {
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	//
+	// TELEMETRY: traces go to an OTLP endpoint when OTEL_* variables name one.
+	//
+	tel, err := telemetry.FromEnv(ctx, "service")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(ctx); err != nil {
+			log.Warn("traces not all exported", "err", err)
+		}
+	}()
+
+	//
 	// DATABASE SETUP: connect first, retrying until StartTimeout.
 	//
 	startCtx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 	cfg.Database.Logger = log
+	if tel.Tracing {
+		cfg.Database.QueryTracer = db.NewTracer(tel.TracerProvider) // a span per statement
+	}
 	database, err := db.Open(startCtx, cfg.Database)
 	if err != nil {
 		return err // "cannot reach PostgreSQL at ..."
@@ -216,6 +244,19 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	queue := worker.NewQueue(broker, worker.WithLogger(log), worker.WithDevelopment(cfg.development()),
 		worker.WithQueueType(cfg.QueueType), worker.WithErrorType(errorType),
 		worker.WithRetry(worker.Retry{InBroker: cfg.RetryInBroker}))
+	if tel.Tracing { // a span per delivery, child of the caller's
+		rpc.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
+		queue.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
+	}
+	services := []runner.Service{runner.Named("rpc worker", rpc), runner.Named("queue worker", queue)}
+	if cfg.MetricsAddr != "" { // metrics per route, and the health checks
+		listener, err := observe(cfg, broker, database, rpc, queue)
+		if err != nil {
+			return err
+		}
+		// First to start, last to stop: /readyz says "not ready" while the workers drain.
+		services = append([]runner.Service{runner.Named("metrics and health listener", listener)}, services...)
+	}
 
 	//
 	// MODELS and ROUTES: a model is a table's row type plus its queries (the
@@ -228,7 +269,29 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// work, let in-flight requests finish (DrainTimeout) and close in reverse.
 	//
 	r := &runner.Runner{Logger: log, DrainTimeout: cfg.DrainTimeout}
-	return r.Run(ctx, runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
+	return r.Run(ctx, services...)
+}
+
+// observe counts the workers' deliveries, the connections' state and the
+// database pool in a Prometheus registry, and returns the listener that
+// serves it at /metrics with /healthz and /readyz (ready while both
+// workers consume on every route and the database answers).
+func observe(cfg config, broker *worker.Conn, database *db.Client, rpc *worker.RPC, queue *worker.Queue) (*telemetry.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewDBStatsCollector(database.DB().DB, cfg.Database.Database))
+	metrics, err := worker.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := metrics.Watch(broker); err != nil {
+		return nil, err
+	}
+	rpc.Use(metrics.Middleware())
+	queue.Use(metrics.Middleware())
+	return telemetry.Listen(cfg.MetricsAddr, reg, func(ctx context.Context) error {
+		return errors.Join(rpc.Ready(), queue.Ready(), database.Ping(ctx))
+	})
 }
 
 // errorType names the service's errors on the wire, in one place: an error
@@ -317,10 +380,16 @@ func routes(rpc, queue worker.Router, s *service) {
 	}))
 }
 
-// healthcheck answers whether RabbitMQ and PostgreSQL can be reached, for a
-// container's HEALTHCHECK in an image without a shell. It tries both at once
-// for up to 3 s each, prints one line, and returns the exit code.
+// healthcheck answers whether the service is ready, for a container's
+// HEALTHCHECK in an image without a shell: with METRICS_ADDR set it asks
+// the running service's /readyz (consuming on every route, database
+// reachable); without, whether RabbitMQ and PostgreSQL can be reached,
+// trying both at once for up to 3 s each. It prints one line and returns
+// the exit code.
 func healthcheck(cfg config) int {
+	if cfg.MetricsAddr != "" {
+		return readyz(cfg.MetricsAddr)
+	}
 	slog.SetDefault(slog.New(slog.DiscardHandler)) // no retry chatter: the verdict is the output
 	probe := func(connect func(context.Context) (io.Closer, error)) <-chan error {
 		result := make(chan error, 1)
@@ -342,5 +411,39 @@ func healthcheck(cfg config) int {
 		return 1
 	}
 	fmt.Println("healthy: RabbitMQ and PostgreSQL answer")
+	return 0
+}
+
+// readyz asks the service listening at addr (METRICS_ADDR; an empty host
+// means this machine) whether it is ready.
+func readyz(addr string) int {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: METRICS_ADDR=%q is not host:port: %v\n", addr, err)
+		return 1
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	url := "http://" + net.JoinHostPort(host, port) + "/readyz"
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, http.NoBody)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: METRICS_ADDR=%q does not make a URL: %v\n", addr, err)
+		return 1
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: no answer from %s (is the service running with METRICS_ADDR=%s?): %v\n", url, addr, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "unhealthy: %s answered %d: %s\n", url, resp.StatusCode, strings.TrimSpace(string(body)))
+		return 1
+	}
+	fmt.Println("healthy: ready (consuming on every route, database reachable)")
 	return 0
 }

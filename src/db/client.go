@@ -60,6 +60,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open PostgreSQL at %s: bad connection settings: %w", cfg, err)
 	}
+	pc.Tracer = cfg.QueryTracer
 	sdb := stdlib.OpenDB(*pc)
 	sdb.SetMaxOpenConns(cfg.maxOpen())
 	sdb.SetMaxIdleConns(cfg.maxIdle())

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"example.com/service/src/internal/env"
 	"example.com/service/src/internal/redact"
 )
@@ -58,6 +60,10 @@ type Config struct {
 	// (one round trip more per query) or simple_protocol. Empty: the URL's,
 	// else the driver's default.
 	QueryExecMode string
+
+	// QueryTracer, when set, is told of every statement (pgx's tracer
+	// hook); [NewTracer] makes OpenTelemetry spans of them. Default none.
+	QueryTracer pgx.QueryTracer
 
 	// Logger receives the client's few log lines (connection retries, a
 	// failed rollback); nil means slog.Default().

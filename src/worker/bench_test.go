@@ -172,7 +172,8 @@ func rawEcho(b *testing.B, queue string, gz bool, typ worker.QueueType) {
 type rawCaller struct {
 	ch        *amqp.Channel
 	mandatory bool
-	gz        bool // gzip requests, inflate replies
+	gz        bool       // gzip requests, inflate replies
+	headers   amqp.Table // sent with every request (BenchmarkTraceHeader)
 	mu        sync.Mutex
 	pending   map[string]chan []byte
 	seq       atomic.Uint64
@@ -219,7 +220,7 @@ func (c *rawCaller) call(queue string, body []byte) error {
 		body, ct = rawGzip(body), "application/octet-stream"
 	}
 	err := c.ch.PublishWithContext(context.Background(), "", queue, c.mandatory, false, amqp.Publishing{
-		ContentType: ct, ReplyTo: "amq.rabbitmq.reply-to", CorrelationId: id, Body: body,
+		ContentType: ct, ReplyTo: "amq.rabbitmq.reply-to", CorrelationId: id, Body: body, Headers: c.headers,
 	})
 	if err != nil {
 		return err

@@ -85,7 +85,7 @@ func NewClient(conn *Conn, opts ...ClientOption) *Client {
 //   - an error matching ErrClosed when the Client (or its Conn) was closed.
 //
 // req may be a json.RawMessage to send pre-encoded data.
-func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
+func (c *Client) Call(ctx context.Context, route string, req, resp any) (err error) {
 	body, err := encodeRequest(req)
 	if err != nil {
 		return fmt.Errorf("call %q: %w", route, err)
@@ -103,6 +103,11 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) error {
 	id := c.prefix + itoa(c.seq.Add(1))
 	msg.CorrelationId = id
 	msg.MessageId = id
+	for _, hook := range c.opts.sends { // WithTracing, Metrics.Client
+		var end func(error)
+		ctx, end = hook(ctx, "call", route, &msg)
+		defer func() { end(err) }()
+	}
 	done := make(chan callResult, 1)
 	var s *callSession
 	for {
@@ -186,17 +191,23 @@ func (c *Client) result(route string, r callResult, resp any) error {
 // the message again once reconnected, so a consumer may see it twice
 // (each message carries a unique message_id to tell). msg may be a
 // json.RawMessage.
-func (c *Client) Publish(ctx context.Context, queue string, msg any) error {
-	body, err := encodeRequest(msg)
+func (c *Client) Publish(ctx context.Context, queue string, data any) (err error) {
+	body, err := encodeRequest(data)
 	if err != nil {
 		return fmt.Errorf("publish to queue %q: %w", queue, err)
 	}
 	body, ct := c.encoding.encode(body)
-	return c.pub.publish(ctx, queue, amqp.Publishing{
+	msg := amqp.Publishing{
 		ContentType:  ct,
 		DeliveryMode: amqp.Persistent,
 		Body:         body, // the publisher gives it a unique message id
-	})
+	}
+	for _, hook := range c.opts.sends { // WithTracing, Metrics.Client
+		var end func(error)
+		ctx, end = hook(ctx, "publish", queue, &msg)
+		defer func() { end(err) }()
+	}
+	return c.pub.publish(ctx, queue, msg)
 }
 
 // WithEncoding returns a client that sends in encoding e, for the calls

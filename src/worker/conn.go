@@ -61,6 +61,8 @@ type link struct {
 	done  chan struct{}    // closed by Close
 	close sync.Once
 	wg    sync.WaitGroup
+
+	reconnects atomic.Int64 // connections restored after a loss (health.go)
 }
 
 // node is one RabbitMQ node a link may connect to.
@@ -386,6 +388,7 @@ func (c *link) supervise(conn *amqp.Connection, closed chan *amqp.Error) {
 			return
 		}
 		c.logger.Info("RabbitMQ connection restored", c.nodeAttrs(next)...)
+		c.reconnects.Add(1)
 		c.setUp(next)
 		conn, closed = next, nextClosed
 	}

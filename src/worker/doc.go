@@ -80,6 +80,20 @@
 //   - Shutdown stops consuming, lets running handlers finish and send their
 //     replies and acks until its ctx ends, then closes.
 //
+// # Traces and metrics
+//
+// Both are middleware and client options, added the way a user adds their
+// own, and cost nothing when not added:
+//
+//	rpc.Use(worker.Trace(tp, prop), metrics.Middleware())  // a span and counts per delivery
+//	client := worker.NewClient(conn, worker.WithTracing(tp, prop), metrics.Client())
+//
+// [Trace] follows OpenTelemetry's messaging conventions and continues the
+// caller's trace from the W3C traceparent header a traced [Client] sends
+// ([Carrier]); [Metrics] are Prometheus counters and histograms per route
+// and outcome. [RPC.Ready], [Queue.Ready] and [Conn.State] answer
+// readiness probes.
+//
 // # Best practices
 //
 //   - One [Conn] per process, shared by all workers and clients: it holds

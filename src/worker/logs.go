@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"time"
@@ -60,6 +61,12 @@ func (s *sampler) allow(key string) (ok bool, suppressed int) {
 // logFailure logs a failed delivery of route at warn level (error level
 // for a panic, with its stack), sampled.
 func (s *server) logFailure(route, msg string, o *outcome, args ...any) {
+	s.logFailureCtx(s.base, route, msg, o, args...)
+}
+
+// logFailureCtx is logFailure with the delivery's ctx, so a log handler
+// can add what ctx carries (the trace and span ids of Trace).
+func (s *server) logFailureCtx(ctx context.Context, route, msg string, o *outcome, args ...any) {
 	ok, suppressed := s.allowLog(route, msg)
 	if !ok {
 		return
@@ -73,7 +80,7 @@ func (s *server) logFailure(route, msg string, o *outcome, args ...any) {
 		level = slog.LevelError
 		attrs = append(attrs, "stack", string(o.Panic.stack))
 	}
-	s.opts.logger.Log(s.base, level, msg, attrs...)
+	s.opts.logger.Log(ctx, level, msg, attrs...)
 }
 
 // logRefused logs a delivery of route that was refused before it ran, at

@@ -113,7 +113,7 @@ func (s *server) logFailures(next Handler) Handler {
 		if s.kind == kindQueue {
 			msg = "message failed; dead-lettering it"
 		}
-		s.logFailure(req.Route, msg, o, "attempts", req.Attempt)
+		s.logFailureCtx(ctx, req.Route, msg, o, "attempts", req.Attempt)
 		return nil, o
 	})
 }

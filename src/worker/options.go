@@ -1,9 +1,12 @@
 package worker
 
 import (
+	"context"
 	"log/slog"
 	"maps"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // Options are typed by what they configure, so one that does not apply is
@@ -76,7 +79,16 @@ type options struct {
 	errorType   func(error) string
 	encoding    Encoding
 	exchange    string // WithEventExchange; "" means DefaultEventExchange
+
+	// sends run as a Client sends a message (WithTracing, Metrics.Client),
+	// the first outermost.
+	sends []sendHook
 }
+
+// sendHook is told of a Call (op "call") or Publish (op "publish") about
+// to be sent: it may change the message's headers and returns the ctx to
+// send with and a function to call with the result.
+type sendHook func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error))
 
 // Retry is the retry policy of a [Queue] worker: a failed handler runs again
 // after Backoff, the wait doubling each time up to MaxBackoff, for at most

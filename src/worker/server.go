@@ -84,7 +84,6 @@ type route struct {
 }
 
 func newServer(conn *Conn, k kind, o options) *server {
-	base, cancel := context.WithCancel(context.Background())
 	if o.replyTo == nil {
 		o.replyTo = ReplyQueue
 	}
@@ -98,8 +97,9 @@ func newServer(conn *Conn, k kind, o options) *server {
 		logs:   newSampler(),
 		routes: map[string]route{},
 		stop:   make(chan struct{}),
-		base:   base, cancelBase: cancel,
 	}
+	// Deliveries' ctx tells Use middleware which worker runs them (trace.go).
+	s.base, s.cancelBase = context.WithCancel(context.WithValue(context.Background(), serverKey{}, s))
 	if k == kindQueue {
 		s.dlq = newPublisher(conn, o.logger)
 	}

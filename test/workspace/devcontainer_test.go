@@ -109,8 +109,8 @@ func TestDevcontainer(t *testing.T) {
 	}
 	sort.Ints(forwarded)
 	sort.Ints(published)
-	if !slices.Equal(forwarded, published) || !slices.Equal(published, []int{5432, 5672, 15672}) {
-		t.Errorf("forwardPorts = %v, compose.yaml publishes %v, want both [5432 5672 15672]", forwarded, published)
+	if !slices.Equal(forwarded, published) || !slices.Equal(published, []int{5432, 5672, 9464, 15672, 15692}) {
+		t.Errorf("forwardPorts = %v, compose.yaml publishes %v, want both [5432 5672 9464 15672 15692]", forwarded, published)
 	}
 
 	// Modules and tools ready after creation.

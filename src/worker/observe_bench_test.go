@@ -1,0 +1,128 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"example.com/service/src/worker"
+)
+
+// discard is a span exporter that drops what it is given: the benchmark
+// pays for recording, batching and handing over spans, not for a network.
+type discard struct{}
+
+func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discard) Shutdown(context.Context) error                             { return nil }
+
+// BenchmarkRPCObserved: RPC calls through a worker and a client with
+// tracing (the SDK, every span sampled and batched to an exporter) and
+// metrics on, next to the same calls with both off, in alternating rounds
+// of the same run. ratio is on/off (the goal is >= 0.95).
+func BenchmarkRPCObserved(b *testing.B) {
+	quiet(b)
+	requireBroker(b)
+	for _, conc := range []int{1, 64} {
+		for _, on := range []string{"tracing+metrics", "tracing", "metrics"} {
+			b.Run(fmt.Sprintf("concurrency=%d/on=%s", conc, on), func(b *testing.B) {
+				benchObserved(b, conc, strings.Contains(on, "tracing"), strings.Contains(on, "metrics"))
+			})
+		}
+	}
+}
+
+func benchObserved(b *testing.B, conc int, tracing, metered bool) {
+	offQ, onQ := route(b, "bench-off"), route(b, "bench-on")
+	echo := worker.Func(func(_ context.Context, in json.RawMessage) (json.RawMessage, error) { return in, nil })
+
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}))
+	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	prop := propagation.TraceContext{}
+	metrics, err := worker.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	conn := dial(b, "")
+	off := worker.NewRPC(conn)
+	off.Handle(offQ, echo)
+	start(b, off)
+	on := worker.NewRPC(conn)
+	var opts []worker.ClientOption
+	if tracing {
+		on.Use(worker.Trace(tp, prop))
+		opts = append(opts, worker.WithTracing(tp, prop))
+	}
+	if metered {
+		on.Use(metrics.Middleware())
+		opts = append(opts, metrics.Client())
+	}
+	on.Handle(onQ, echo)
+	start(b, on)
+
+	cconn := dial(b, "")
+	offC := worker.NewClient(cconn, worker.WithEncoding(worker.JSON))
+	onC := worker.NewClient(cconn, append(opts, worker.WithEncoding(worker.JSON))...)
+	b.Cleanup(func() { _ = offC.Close(); _ = onC.Close() })
+	ctx := context.Background()
+	call := func(c *worker.Client, q string) func() error {
+		return func() error {
+			var out json.RawMessage
+			return c.Call(ctx, q, benchPayload, &out)
+		}
+	}
+	for _, warm := range []func() error{call(offC, offQ), call(onC, onQ)} {
+		if err := warm(); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	b.ResetTimer()
+	offRate, onRate, offP99, onP99, err := interleaved(b.N, conc, max(200, conc*10), call(offC, offQ), call(onC, onQ))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	b.ReportMetric(offRate, "off-ops/s")
+	b.ReportMetric(onRate, "on-ops/s")
+	b.ReportMetric(onRate/offRate, "ratio")
+	b.ReportMetric(float64(offP99.Microseconds()), "off-p99-µs")
+	b.ReportMetric(float64(onP99.Microseconds()), "on-p99-µs")
+}
+
+// BenchmarkTraceHeader: what carrying a trace context costs without any
+// tracing code: a raw amqp091-go caller sending a traceparent header on
+// every request against the same caller sending none, to the same raw echo
+// server, in alternating rounds. ratio is with/without.
+func BenchmarkTraceHeader(b *testing.B) {
+	quiet(b)
+	requireBroker(b)
+	for _, conc := range []int{1, 64} {
+		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
+			q := route(b, "bench-header")
+			rawEcho(b, q, false, worker.Classic)
+			plain := newRawCaller(b, true, false)
+			traced := newRawCaller(b, true, false)
+			traced.headers = amqp.Table{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+			body := []byte(`{"data":` + string(benchPayload) + `}`)
+			_, _ = plain.call(q, body), traced.call(q, body)
+			b.ResetTimer()
+			without, with, _, _, err := interleaved(b.N, conc, max(200, conc*10),
+				func() error { return plain.call(q, body) }, func() error { return traced.call(q, body) })
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			b.ReportMetric(without, "without-ops/s")
+			b.ReportMetric(with, "with-ops/s")
+			b.ReportMetric(with/without, "ratio")
+		})
+	}
+}

@@ -1,0 +1,245 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Tracing follows OpenTelemetry's messaging semantic conventions: a Client
+// starts a span per Call ("send ROUTE", kind client) or Publish ("send
+// ROUTE", kind producer) and puts its context in the message's headers
+// (W3C traceparent and tracestate, through a [Carrier]); the [Trace]
+// middleware, added to a worker with Use, reads it back and runs every
+// delivery in a span ("process ROUTE", kind consumer) whose parent is the
+// caller's. A delivery without trace headers (a Python caller, say) gets a
+// new root span. Tracing costs nothing unless it is configured: without
+// [WithTracing] a Client adds no headers and without Trace a worker reads
+// none.
+
+// Span attributes beside the semantic conventions' own.
+const (
+	// AttrOutcome is what became of a delivery: one of the Outcome values.
+	AttrOutcome = attribute.Key("messaging.rabbitmq.outcome")
+	// AttrRedelivered is true on a delivery the broker delivered before.
+	AttrRedelivered = attribute.Key("messaging.rabbitmq.redelivered")
+	// AttrErrorID is the error id a failure was logged and answered under.
+	AttrErrorID = attribute.Key("error.id")
+)
+
+// Outcomes of a delivery, as [Trace] records them in [AttrOutcome] and the
+// metrics label them.
+const (
+	OutcomeReplied      = "replied"       // RPC: answered with a result
+	OutcomeError        = "error"         // RPC: answered with an error (its type is error.type)
+	OutcomeAcked        = "acked"         // queue: handled and acked
+	OutcomeDeadLettered = "dead_lettered" // queue: failed for good, sent to ROUTE.dlq
+	OutcomeRetrying     = "retrying"      // queue: failed; waits in a retry queue of the broker (Retry.InBroker)
+	OutcomeRequeued     = "requeued"      // queue: stopped while waiting to retry; back in its queue
+	OutcomeExpired      = "expired"       // the caller's deadline passed before it ran; not run
+)
+
+// Semantic-convention attribute keys (messaging, v1.26 and later).
+const (
+	attrSystem        = attribute.Key("messaging.system")
+	attrDestination   = attribute.Key("messaging.destination.name")
+	attrOperationType = attribute.Key("messaging.operation.type")
+	attrOperationName = attribute.Key("messaging.operation.name")
+	attrMessageID     = attribute.Key("messaging.message.id")
+	attrConversation  = attribute.Key("messaging.message.conversation_id")
+	attrRoutingKey    = attribute.Key("messaging.rabbitmq.destination.routing_key")
+	attrBodySize      = attribute.Key("messaging.message.body.size")
+	attrErrorType     = attribute.Key("error.type")
+)
+
+// tracerName is the instrumentation scope of the worker's spans.
+const tracerName = "example.com/service/src/worker"
+
+// Carrier adapts AMQP headers to OpenTelemetry's propagation.TextMapCarrier,
+// to inject a trace context into a message's headers or extract it from a
+// delivery's. Get returns "" for a header that is not a string.
+type Carrier amqp.Table
+
+// Get returns the string value of header key.
+func (c Carrier) Get(key string) string {
+	s, _ := c[key].(string)
+	return s
+}
+
+// Set sets header key to value.
+func (c Carrier) Set(key, value string) { c[key] = value }
+
+// Keys lists the headers.
+func (c Carrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// Trace returns a middleware that runs each delivery in a consumer span
+// named "process ROUTE", child of the trace context in its headers (a new
+// root span when it has none), with the messaging attributes (system
+// rabbitmq, destination and routing key = the route, operation process,
+// message and correlation ids, redelivered) and, when it ends, its outcome
+// ([AttrOutcome]; on failure error.type, the error id and an error status).
+// The handler's ctx carries the span, so what it does with ctx (SQL through
+// db's tracer, Calls and Publishes of a traced Client, log records) joins
+// the trace. Add it first with Use so it spans the whole delivery, retries
+// included. nil tp and prop mean OpenTelemetry's global ones.
+func Trace(tp trace.TracerProvider, prop propagation.TextMapPropagator) Middleware {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if prop == nil {
+		prop = otel.GetTextMapPropagator()
+	}
+	tracer := tp.Tracer(tracerName)
+	return func(next Handler) Handler {
+		return HandlerFunc(func(ctx context.Context, req *Request) ([]byte, error) {
+			if req.Headers != nil {
+				ctx = prop.Extract(ctx, Carrier(req.Headers))
+			}
+			ctx, span := tracer.Start(ctx, "process "+req.Route, trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(
+					attrSystem.String("rabbitmq"),
+					attrDestination.String(req.Route),
+					attrRoutingKey.String(req.Route),
+					attrOperationType.String("process"),
+					attrOperationName.String("process"),
+					attrMessageID.String(req.MessageID),
+					attrConversation.String(req.CorrelationID),
+					attrBodySize.Int(len(req.Data)),
+					AttrRedelivered.Bool(req.Redelivered),
+				))
+			defer span.End()
+			out, err := next.Serve(ctx, req)
+			outcome, typ, id := classify(ctx, req, err)
+			span.SetAttributes(AttrOutcome.String(outcome))
+			if err != nil {
+				span.SetAttributes(attrErrorType.String(typ))
+				if id != "" {
+					span.SetAttributes(AttrErrorID.String(id))
+				}
+				if outcome == OutcomeError || outcome == OutcomeDeadLettered || outcome == OutcomeRetrying {
+					span.SetStatus(codes.Error, typ)
+				}
+			}
+			return out, err
+		})
+	}
+}
+
+// classify names what becomes of a delivery whose pipeline returned err,
+// as seen from a Use middleware (outside the worker's own): its outcome,
+// the error's reply type and error id.
+func classify(ctx context.Context, req *Request, err error) (what, typ, id string) {
+	s, _ := ctx.Value(serverKey{}).(*server)
+	queue := s != nil && s.kind == kindQueue
+	var o *outcome
+	switch {
+	case err == nil && queue:
+		return OutcomeAcked, "", ""
+	case err == nil:
+		return OutcomeReplied, "", ""
+	case errors.Is(err, errExpired):
+		return OutcomeExpired, "Expired", ""
+	case errors.Is(err, errRequeue):
+		return OutcomeRequeued, "Requeued", ""
+	case errors.As(err, &o):
+		typ, id = o.Type, o.ID
+	default: // a Use middleware inside this one failed on its own
+		typ = DefaultErrorType(err)
+	}
+	switch {
+	case o != nil && queue:
+		if _, later := s.brokerDelay(req.Attempt, o); later {
+			return OutcomeRetrying, typ, id
+		}
+		return OutcomeDeadLettered, typ, id
+	case queue:
+		return OutcomeDeadLettered, typ, id
+	}
+	return OutcomeError, typ, id
+}
+
+// serverKey keys the worker on the base ctx of its deliveries.
+type serverKey struct{}
+
+// kindOf is the kind of the worker running a delivery with ctx; RPC when
+// none is (a middleware called directly).
+func kindOf(ctx context.Context) kind {
+	if s, _ := ctx.Value(serverKey{}).(*server); s != nil {
+		return s.kind
+	}
+	return kindRPC
+}
+
+// WithTracing makes a Client trace its Calls and Publishes: each runs in a
+// span ("send ROUTE", kind client for a Call, producer for a Publish),
+// child of the span in its ctx, whose context travels in the message's
+// headers (W3C traceparent and tracestate through prop) to the worker's
+// [Trace] middleware. nil tp and prop mean OpenTelemetry's global ones.
+// Without it a Client sends no trace headers.
+func WithTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) ClientOption {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if prop == nil {
+		prop = otel.GetTextMapPropagator()
+	}
+	tracer := tp.Tracer(tracerName)
+	return clientOption(func(o *options) {
+		o.sends = append(slices.Clone(o.sends), func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error)) {
+			kind := trace.SpanKindProducer
+			if op == "call" {
+				kind = trace.SpanKindClient
+			}
+			ctx, span := tracer.Start(ctx, "send "+route, trace.WithSpanKind(kind),
+				trace.WithAttributes(
+					attrSystem.String("rabbitmq"),
+					attrDestination.String(route),
+					attrRoutingKey.String(route),
+					attrOperationType.String("send"),
+					attrOperationName.String(op),
+					attrBodySize.Int(len(msg.Body)),
+				))
+			if msg.MessageId != "" {
+				span.SetAttributes(attrMessageID.String(msg.MessageId), attrConversation.String(msg.CorrelationId))
+			}
+			if span.SpanContext().IsValid() {
+				headers := make(amqp.Table, len(msg.Headers)+2)
+				for k, v := range msg.Headers {
+					headers[k] = v
+				}
+				prop.Inject(ctx, Carrier(headers))
+				msg.Headers = headers
+			}
+			return ctx, func(err error) {
+				if err != nil {
+					var remote *RemoteError
+					typ := "Error"
+					switch {
+					case errors.As(err, &remote):
+						typ = remote.Type
+					case errors.Is(err, ErrNoRoute):
+						typ = "NoRoute"
+					case errors.Is(err, context.DeadlineExceeded):
+						typ = "DeadlineExceeded"
+					}
+					span.SetAttributes(attrErrorType.String(typ))
+					span.SetStatus(codes.Error, typ)
+				}
+				span.End()
+			}
+		})
+	})
+}
