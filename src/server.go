@@ -30,6 +30,7 @@ import (
 	"example.com/service/src/internal/env"
 	"example.com/service/src/internal/redact"
 	"example.com/service/src/models"
+	"example.com/service/src/outbox"
 	"example.com/service/src/runner"
 	"example.com/service/src/worker"
 )
@@ -56,6 +57,9 @@ type config struct {
 	// DrainTimeout bounds the graceful stop (DRAIN_TIMEOUT, default 10s):
 	// in-flight requests get this long to finish and be answered.
 	DrainTimeout time.Duration
+	// Inbox configures the idempotent routes' inbox: INBOX_RETENTION
+	// (default 168h) and INBOX_PRUNE_EVERY (default 1h).
+	Inbox outbox.InboxConfig
 }
 
 func (c config) development() bool { return c.Mode == "development" }
@@ -64,7 +68,7 @@ func (c config) development() bool { return c.Mode == "development" }
 // variable, its value and what is accepted.
 func loadConfig() (config, error) {
 	var cfg config
-	var errs [8]error
+	var errs [10]error
 	var qt, rqt string
 	cfg.Mode, errs[0] = env.OneOf("MODE", "development", "development", "production")
 	cfg.Broker, errs[1] = worker.ConfigFromEnv()
@@ -74,6 +78,8 @@ func loadConfig() (config, error) {
 	qt, errs[5] = env.OneOf("BROKER_QUEUE_TYPE", string(worker.Quorum), string(worker.Quorum), string(worker.Classic))
 	rqt, errs[6] = env.OneOf("BROKER_RPC_QUEUE_TYPE", string(worker.Classic), string(worker.Classic), string(worker.Quorum))
 	cfg.QueueType, cfg.RPCQueueType = worker.QueueType(qt), worker.QueueType(rqt)
+	cfg.Inbox.Retention, errs[8] = env.Duration("INBOX_RETENTION", outbox.DefaultInboxRetention)
+	cfg.Inbox.PruneEvery, errs[9] = env.Duration("INBOX_PRUNE_EVERY", outbox.DefaultInboxPruneEvery)
 	if !cfg.development() {
 		errs[7] = productionChecks()
 		if cfg.Database.SSLMode == "" && os.Getenv("DB_URL") == "" {
@@ -211,14 +217,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// MODELS and ROUTES: a model is a table's row type plus its queries (the
 	// built-in CRUD comes with db.Model); the routes, below, use them.
 	//
-	routes(rpc, queue, &service{database: database, items: models.NewExampleItems(database), log: log})
+	cfg.Inbox.Logger = log
+	inbox := outbox.NewInbox(database, cfg.Inbox) // the idempotent routes' record; prunes itself while running
+	routes(rpc, queue, &service{database: database, items: models.NewExampleItems(database), inbox: inbox, log: log})
 
 	//
 	// RUN: start the workers, serve until SIGINT or SIGTERM, then stop taking
 	// work, let in-flight requests finish (DrainTimeout) and close in reverse.
 	//
 	r := &runner.Runner{Logger: log, DrainTimeout: cfg.DrainTimeout}
-	return r.Run(ctx, runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
+	return r.Run(ctx, runner.Named("inbox pruner", inbox), runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
 }
 
 // errorType names the service's errors on the wire, in one place: an error
@@ -246,6 +254,7 @@ func errorType(err error) string {
 type service struct {
 	database *db.Client
 	items    *models.ExampleItems
+	inbox    *outbox.Inbox
 	log      *slog.Logger
 }
 
@@ -305,6 +314,21 @@ func routes(rpc, queue worker.Router, s *service) {
 		_, err = s.items.Create(ctx, item)
 		return err
 	}))
+	// The same, idempotent: a redelivered message stores nothing twice. The
+	// inbox runs the handler in a transaction (db.TxFrom), which the
+	// handler's writes must use.
+	queue.Handle("example-item.store-once", worker.Job(func(ctx context.Context, in newItem) error {
+		item, err := in.toItem()
+		if err != nil {
+			return err
+		}
+		items := s.items.Model
+		if tx, ok := db.TxFrom(ctx); ok {
+			items = items.In(tx)
+		}
+		_, err = items.Create(ctx, item)
+		return err
+	}), s.inbox.Idempotent())
 }
 
 // healthcheck answers whether RabbitMQ and PostgreSQL can be reached, for a
