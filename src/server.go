@@ -60,6 +60,9 @@ type config struct {
 	// Inbox configures the idempotent routes' inbox: INBOX_RETENTION
 	// (default 168h) and INBOX_PRUNE_EVERY (default 1h).
 	Inbox outbox.InboxConfig
+	// Relay configures the outbox relay: OUTBOX_POLL (default 5s), how often
+	// it looks at the outbox without a NOTIFY.
+	Relay outbox.RelayConfig
 }
 
 func (c config) development() bool { return c.Mode == "development" }
@@ -68,7 +71,7 @@ func (c config) development() bool { return c.Mode == "development" }
 // variable, its value and what is accepted.
 func loadConfig() (config, error) {
 	var cfg config
-	var errs [10]error
+	var errs [11]error
 	var qt, rqt string
 	cfg.Mode, errs[0] = env.OneOf("MODE", "development", "development", "production")
 	cfg.Broker, errs[1] = worker.ConfigFromEnv()
@@ -80,6 +83,7 @@ func loadConfig() (config, error) {
 	cfg.QueueType, cfg.RPCQueueType = worker.QueueType(qt), worker.QueueType(rqt)
 	cfg.Inbox.Retention, errs[8] = env.Duration("INBOX_RETENTION", outbox.DefaultInboxRetention)
 	cfg.Inbox.PruneEvery, errs[9] = env.Duration("INBOX_PRUNE_EVERY", outbox.DefaultInboxPruneEvery)
+	cfg.Relay.Poll, errs[10] = env.Duration("OUTBOX_POLL", outbox.DefaultRelayPoll)
 	if !cfg.development() {
 		errs[7] = productionChecks()
 		if cfg.Database.SSLMode == "" && os.Getenv("DB_URL") == "" {
@@ -219,6 +223,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	//
 	cfg.Inbox.Logger = log
 	inbox := outbox.NewInbox(database, cfg.Inbox) // the idempotent routes' record; prunes itself while running
+	// The outbox relay publishes what handlers recorded with outbox.Add in
+	// their transactions, after commit, with confirms.
+	client := worker.NewClient(broker, worker.WithLogger(log))
+	defer client.Close()
+	cfg.Relay.Logger = log
+	relay := outbox.NewRelay(database, client, cfg.Relay)
 	routes(rpc, queue, &service{database: database, items: models.NewExampleItems(database), inbox: inbox, log: log})
 
 	//
@@ -226,7 +236,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// work, let in-flight requests finish (DrainTimeout) and close in reverse.
 	//
 	r := &runner.Runner{Logger: log, DrainTimeout: cfg.DrainTimeout}
-	return r.Run(ctx, runner.Named("inbox pruner", inbox), runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
+	return r.Run(ctx, runner.Named("inbox pruner", inbox), runner.Named("outbox relay", relay),
+		runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
 }
 
 // errorType names the service's errors on the wire, in one place: an error

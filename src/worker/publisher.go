@@ -149,6 +149,18 @@ var errNacked = errors.New("the broker refused the message (nack)")
 // table on every message would cost the broker about a quarter of its
 // publish throughput.
 func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishing) error {
+	return p.publishTo(ctx, "", queue, true, msg)
+}
+
+// publishTo is publish to any exchange; with mandatory false a message
+// the exchange routes nowhere is confirmed, not returned as ErrNoRoute.
+// (Error messages keep saying "queue": for the default exchange the key is
+// one; for another exchange queue is "exchange/key".)
+func (p *publisher) publishTo(ctx context.Context, exchange, routingKey string, mandatory bool, msg amqp.Publishing) error {
+	queue := routingKey
+	if exchange != "" {
+		queue = exchange + "/" + routingKey
+	}
 	key := p.prefix + "." + itoa(p.ids.Add(1))
 	if msg.MessageId == "" {
 		msg.MessageId = key
@@ -172,7 +184,7 @@ func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishi
 		s.pending[seq] = pp
 		s.byKey[key] = seq
 		s.pendMu.Unlock()
-		err = s.ch.PublishWithContext(ctx, "", queue, true, false, msg)
+		err = s.ch.PublishWithContext(ctx, exchange, routingKey, mandatory, false, msg)
 		s.pubMu.Unlock()
 		if err != nil {
 			s.forget(seq)

@@ -1,0 +1,112 @@
+package outbox_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"example.com/service/src/db"
+	"example.com/service/src/outbox"
+	"example.com/service/src/testenv"
+	"example.com/service/src/worker"
+)
+
+// TestRelayPublishesAfterCommit: messages recorded in a committed
+// transaction reach their queue with their message id, data, headers and
+// the Client.Publish envelope; those of a rolled back one never leave; the
+// published rows are deleted; an exchange publish goes to the exchange.
+func TestRelayPublishesAfterCommit(t *testing.T) {
+	testenv.RequireBroker(t)
+	url, drop := scratchDB()
+	t.Cleanup(drop)
+	c, err := openDB(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	conn, err := dialBroker(testenv.Name("outbox-relay-"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	client := worker.NewClient(conn, worker.WithEncoding(worker.JSON))
+	t.Cleanup(func() { _ = client.Close() })
+
+	ch := rawChannel(t)
+	queue := testenv.Name("outbox-relay-q-")
+	exchange := testenv.Name("outbox-relay-x-")
+	t.Cleanup(func() { deleteQueues(queue); _ = rawExchangeDelete(exchange) })
+	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare(exchange, "topic", false, true, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(queue, "item.*", exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := context.Background()
+	var queued, event string
+	err = c.InTx(ctx, func(tx *db.Tx) error {
+		var err error
+		if queued, err = outbox.Publish(ctx, tx, queue, map[string]any{"n": 1}); err != nil {
+			return err
+		}
+		event, err = outbox.Add(ctx, tx, worker.Message{Exchange: exchange, RoutingKey: "item.created", MessageID: "event-1",
+			Headers: map[string]any{"x-source": "test"}, Data: json.RawMessage(`{"id": "a"}`)})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.InTx(ctx, func(tx *db.Tx) error {
+		if _, err := outbox.Publish(ctx, tx, queue, "rolled back"); err != nil {
+			t.Fatal(err)
+		}
+		return errRollback
+	})
+	if _, err := outbox.Publish(ctx, nil, queue, 1); err == nil {
+		t.Error("Publish without a transaction succeeded")
+	}
+
+	relay := outbox.NewRelay(c, client, outbox.RelayConfig{Poll: time.Hour}) // only NOTIFY wakes it
+	if err := relay.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = relay.Shutdown(context.Background()) })
+
+	got := map[string]amqp.Delivery{}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(got) < 2 && time.Now().Before(deadline) {
+		d, ok, err := ch.Get(queue, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			got[d.MessageId] = d
+			continue
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	q, ok := got[queued]
+	if !ok || string(q.Body) != `{"data":{"n":1}}` || q.DeliveryMode != amqp.Persistent || q.ContentType != worker.ContentJSON {
+		t.Errorf("queue message %s: %+v (found %v), want body {\"data\":{\"n\":1}}, persistent, JSON", queued, q, ok)
+	}
+	e, ok := got[event]
+	if !ok || string(e.Body) != `{"data":{"id":"a"}}` || e.RoutingKey != "item.created" || e.Exchange != exchange || e.Headers["x-source"] != "test" {
+		t.Errorf("event %s: %+v (found %v)", event, e, ok)
+	}
+	// The rolled back message never comes; the sent rows are gone.
+	time.Sleep(300 * time.Millisecond)
+	if d, ok, _ := ch.Get(queue, true); ok {
+		t.Errorf("an extra message arrived: %s", d.Body)
+	}
+	var left int
+	if err := c.Get(ctx, &left, `SELECT count(*) FROM outbox`); err != nil || left != 0 {
+		t.Errorf("%d rows left in the outbox (%v), want 0", left, err)
+	}
+}
