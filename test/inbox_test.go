@@ -87,7 +87,8 @@ func TestIdempotentRouteUnderConnectionCuts(t *testing.T) {
 // were confirmed.
 func publishTaggedTo(t *testing.T, client interface {
 	Publish(ctx context.Context, queue string, msg any) error
-}, route, tag string, n, workers int) int {
+}, route, tag string, n, workers int,
+) int {
 	t.Helper()
 	var next, ok atomic.Int64
 	var wg sync.WaitGroup

@@ -75,7 +75,8 @@ func TestKillBetweenCommitAndPublish(t *testing.T) {
 	q := worker.NewQueue(conn, worker.WithPrefetch(50))
 	q.Handle(route, worker.Job(func(ctx context.Context, msg struct {
 		N int `json:"n"`
-	}) error {
+	},
+	) error {
 		deliveries.Add(1)
 		tx, ok := db.TxFrom(ctx)
 		if !ok {
@@ -190,7 +191,7 @@ func produceAndDie(url, route string, run int) error {
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || !exit.Sys().(syscall.WaitStatus).Signaled() || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		return fmt.Errorf("run %d did not end by SIGKILL after its commits: %v\n%s", run, err, out)
+		return fmt.Errorf("run %d did not end by SIGKILL after its commits: %w\n%s", run, err, out)
 	}
 	return nil
 }

@@ -56,8 +56,10 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 		if queued, err = outbox.Publish(ctx, tx, queue, map[string]any{"n": 1}); err != nil {
 			return err
 		}
-		event, err = outbox.Add(ctx, tx, worker.Message{Exchange: exchange, RoutingKey: "item.created", MessageID: "event-1",
-			Headers: map[string]any{"x-source": "test"}, Data: json.RawMessage(`{"id": "a"}`)})
+		event, err = outbox.Add(ctx, tx, worker.Message{
+			Exchange: exchange, RoutingKey: "item.created", MessageID: "event-1",
+			Headers: map[string]any{"x-source": "test"}, Data: json.RawMessage(`{"id": "a"}`),
+		})
 		return err
 	})
 	if err != nil {
