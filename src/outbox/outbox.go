@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -192,7 +193,9 @@ func (r *Relay) round(ctx context.Context) (sent, locked int, err error) {
 			wg.Go(func() {
 				m := worker.Message{Exchange: row.Exchange, RoutingKey: row.RoutingKey, MessageID: row.MessageID, Data: json.RawMessage(row.Data)}
 				if row.Headers != "" && row.Headers != "null" {
-					if err := json.Unmarshal([]byte(row.Headers), &m.Headers); err != nil {
+					dec := json.NewDecoder(strings.NewReader(row.Headers))
+					dec.UseNumber() // integers stay integers (int64 in the AMQP table)
+					if err := dec.Decode(&m.Headers); err != nil {
 						mu.Lock()
 						errs = append(errs, fmt.Errorf("outbox row %d: headers %s are not a JSON object: %w", row.ID, row.Headers, err))
 						mu.Unlock()

@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -58,7 +59,7 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 		}
 		event, err = outbox.Add(ctx, tx, worker.Message{
 			Exchange: exchange, RoutingKey: "item.created", MessageID: "event-1",
-			Headers: map[string]any{"x-source": "test"}, Data: json.RawMessage(`{"id": "a"}`),
+			Headers: map[string]any{"x-source": "test", "x-attempt": 3, "x-meta": map[string]any{"a": "b"}}, Data: json.RawMessage(`{"id": "a"}`),
 		})
 		return err
 	})
@@ -99,7 +100,8 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 		t.Errorf("queue message %s: %+v (found %v), want body {\"data\":{\"n\":1}}, persistent, JSON", queued, q, ok)
 	}
 	e, ok := got[event]
-	if !ok || string(e.Body) != `{"data":{"id":"a"}}` || e.RoutingKey != "item.created" || e.Exchange != exchange || e.Headers["x-source"] != "test" {
+	if !ok || string(e.Body) != `{"data":{"id":"a"}}` || e.RoutingKey != "item.created" || e.Exchange != exchange || e.Headers["x-source"] != "test" ||
+		e.Headers["x-attempt"] != int64(3) || fmt.Sprint(e.Headers["x-meta"]) != "map[a:b]" {
 		t.Errorf("event %s: %+v (found %v)", event, e, ok)
 	}
 	// The rolled back message never comes; the sent rows are gone.

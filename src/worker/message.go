@@ -47,6 +47,42 @@ func (c *Client) PublishMessage(ctx context.Context, m Message) error {
 	pub := amqp.Publishing{ContentType: ct, DeliveryMode: amqp.Persistent, MessageId: m.MessageID, Body: body}
 	if len(m.Headers) > 0 {
 		pub.Headers = amqp.Table(m.Headers)
+		if err := pub.Headers.Validate(); err != nil {
+			pub.Headers = tableOf(m.Headers)
+			if err := pub.Headers.Validate(); err != nil {
+				return fmt.Errorf("publish message %q to exchange %q with key %q: headers: %w", m.MessageID, m.Exchange, m.RoutingKey, err)
+			}
+		}
 	}
 	return c.pub.publishTo(ctx, m.Exchange, m.RoutingKey, m.Exchange == "", pub)
+}
+
+// tableOf copies headers with nested map[string]any as amqp.Table and
+// json.Number as int64 (or float64), the forms AMQP field tables take.
+func tableOf(headers map[string]any) amqp.Table {
+	t := make(amqp.Table, len(headers))
+	for k, v := range headers {
+		t[k] = fieldOf(v)
+	}
+	return t
+}
+
+func fieldOf(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		return tableOf(v)
+	case []any:
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = fieldOf(x)
+		}
+		return out
+	case json.Number:
+		if n, err := v.Int64(); err == nil {
+			return n
+		}
+		f, _ := v.Float64()
+		return f
+	}
+	return v
 }
