@@ -16,4 +16,9 @@ type OutboxMessage struct {
 	Headers    json.RawMessage `db:"headers" json:"headers"` // a JSON object, or nil
 	Data       json.RawMessage `db:"data" json:"data"`       // the message's "data"
 	CreatedAt  time.Time       `db:"created_at,default" json:"created_at"`
+	// Failed publishes: how many, the last one's error, and when the relay
+	// tries again (backoff from 1 s, doubling, at most 5 minutes).
+	Attempts     int       `db:"attempts" json:"attempts"`
+	LastError    *string   `db:"last_error" json:"last_error"`
+	PublishAfter time.Time `db:"publish_after,default" json:"publish_after"`
 }

@@ -11,5 +11,12 @@ CREATE TABLE outbox (
     "message_id" varchar(255) NOT NULL,
     "headers" jsonb,
     "data" jsonb NOT NULL,
-    "created_at" timestamptz NOT NULL DEFAULT now()
+    "created_at" timestamptz NOT NULL DEFAULT now(),
+    -- A message whose publish failed (no such queue, say) waits with
+    -- backoff, so it does not hold up the rows behind it.
+    "attempts" integer NOT NULL DEFAULT 0,
+    "last_error" text,
+    "publish_after" timestamptz NOT NULL DEFAULT now()
 );
+
+CREATE INDEX outbox_publish_after_idx ON outbox ("publish_after", "id");

@@ -92,7 +92,7 @@ const (
 type RelayConfig struct {
 	// Poll is how often the relay looks at the table without being
 	// notified (default DefaultRelayPoll, 5 s): the fallback for a lost
-	// LISTEN connection, and the retry interval of messages that failed.
+	// LISTEN connection, and when failed messages come due again.
 	Poll time.Duration
 	// Batch is how many messages one round locks and publishes at once
 	// (default DefaultRelayBatch, 200).
@@ -109,8 +109,9 @@ type RelayConfig struct {
 // SKIP LOCKED, so replicas running relays share the rows and never publish
 // one at the same time; publishes them with publisher confirms (pipelined);
 // and deletes the confirmed ones in the same transaction. A row whose
-// publish failed (no queue of that name, say) stays and is tried again
-// after Poll, logged at warn. If the process dies after a confirm and
+// publish failed (no queue of that name, say) stays, logged at warn, with
+// its attempts, last_error and a publish_after 1 s later, doubling up to 5
+// minutes, so it does not hold up the rows behind it. If the process dies after a confirm and
 // before the delete commits, the message is published again by the next
 // round: at least once, with its message id, so an idempotent consumer
 // ([Inbox.Idempotent]) applies it exactly once.
@@ -144,18 +145,33 @@ func NewRelay(c *db.Client, client *worker.Client, cfg RelayConfig) *Relay {
 	return &Relay{db: c, client: client, cfg: cfg}
 }
 
-// Flush publishes what the outbox holds now, round after round, until a
-// round finds fewer than Batch rows it can lock or a publish fails; it
-// returns how many messages it published and deleted.
+// Flush publishes what the outbox holds now and is due, round after round,
+// until a round finds fewer than Batch rows it can lock; it returns how
+// many messages it published and deleted. Messages whose publish failed
+// are an error at the end (they wait in the outbox with backoff).
 func (r *Relay) Flush(ctx context.Context) (int, error) {
 	total := 0
+	var unsent error
 	for {
 		n, locked, err := r.round(ctx)
 		total += n
+		var ue *unsentError
+		if errors.As(err, &ue) { // those rows wait with backoff: go on with the others
+			unsent = errors.Join(unsent, err)
+			err = nil
+		}
 		if err != nil || locked < r.cfg.Batch {
-			return total, err
+			return total, errors.Join(unsent, err)
 		}
 	}
+}
+
+// unsentError reports the messages of a round whose publish failed; they
+// stay in the outbox and come due again with backoff.
+type unsentError struct{ n, of int }
+
+func (e *unsentError) Error() string {
+	return fmt.Sprintf("%d of %d outbox messages not published (logged); they are retried with backoff", e.n, e.of)
 }
 
 // outboxRow is a row of models.OutboxMessage as the relay reads it: the
@@ -178,7 +194,7 @@ func (r *Relay) round(ctx context.Context) (sent, locked int, err error) {
 		var rows []outboxRow
 		if err := tx.Select(ctx, &rows, `SELECT "id", "exchange", "routing_key", "message_id",
 			coalesce("headers"::text, '') AS "headers", "data"::text AS "data"
-			FROM outbox ORDER BY "id" LIMIT $1 FOR UPDATE SKIP LOCKED`, r.cfg.Batch); err != nil {
+			FROM outbox WHERE "publish_after" <= now() ORDER BY "id" LIMIT $1 FOR UPDATE SKIP LOCKED`, r.cfg.Batch); err != nil {
 			return fmt.Errorf("read the outbox: %w", err)
 		}
 		locked = len(rows)
@@ -188,6 +204,7 @@ func (r *Relay) round(ctx context.Context) (sent, locked int, err error) {
 		ids := make([]int64, 0, len(rows))
 		var mu sync.Mutex
 		var errs []error
+		failed := map[int64]string{}
 		var wg sync.WaitGroup
 		for _, row := range rows {
 			wg.Go(func() {
@@ -198,6 +215,7 @@ func (r *Relay) round(ctx context.Context) (sent, locked int, err error) {
 					if err := dec.Decode(&m.Headers); err != nil {
 						mu.Lock()
 						errs = append(errs, fmt.Errorf("outbox row %d: headers %s are not a JSON object: %w", row.ID, row.Headers, err))
+						failed[row.ID] = errs[len(errs)-1].Error()
 						mu.Unlock()
 						return
 					}
@@ -207,6 +225,7 @@ func (r *Relay) round(ctx context.Context) (sent, locked int, err error) {
 				defer mu.Unlock()
 				if err != nil {
 					errs = append(errs, fmt.Errorf("outbox row %d (message %s): %w", row.ID, row.MessageID, err))
+					failed[row.ID] = err.Error()
 					return
 				}
 				ids = append(ids, row.ID)
@@ -216,6 +235,12 @@ func (r *Relay) round(ctx context.Context) (sent, locked int, err error) {
 		if len(ids) > 0 {
 			if _, err := tx.Exec(ctx, `DELETE FROM outbox WHERE "id" = ANY($1)`, ids); err != nil {
 				return fmt.Errorf("delete %d published outbox rows: %w", len(ids), err)
+			}
+		}
+		for id, msg := range failed {
+			if _, err := tx.Exec(ctx, `UPDATE outbox SET "attempts" = "attempts" + 1, "last_error" = $2,
+				"publish_after" = now() + least(interval '1 second' * power(2, "attempts"), interval '5 minutes') WHERE "id" = $1`, id, msg); err != nil {
+				return fmt.Errorf("record the failed publish of outbox row %d: %w", id, err)
 			}
 		}
 		sent = len(ids)
@@ -231,7 +256,7 @@ func (r *Relay) round(ctx context.Context) (sent, locked int, err error) {
 		return 0, locked, err // nothing deleted: published messages go again next round
 	}
 	if sent < locked {
-		err = fmt.Errorf("%d of %d outbox messages not published (logged); retrying after %s", locked-sent, locked, r.cfg.Poll)
+		err = &unsentError{n: locked - sent, of: locked}
 	}
 	return sent, locked, err
 }
@@ -263,14 +288,10 @@ func (r *Relay) loop(ctx context.Context, wake <-chan struct{}, done chan struct
 		} else if n > 0 {
 			r.cfg.Logger.Debug("outbox relay published", "messages", n)
 		}
-		wait := wake
-		if err != nil {
-			wait = nil // a failing round waits for the poll, not the next notify
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-wait:
+		case <-wake:
 		case <-t.C:
 		}
 	}

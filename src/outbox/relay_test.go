@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,6 +52,14 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 	}
 
 	ctx := context.Background()
+	var stuck string
+	err = c.InTx(ctx, func(tx *db.Tx) error {
+		stuck, err = outbox.Publish(ctx, tx, queue+"-missing", 1)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var queued, event string
 	err = c.InTx(ctx, func(tx *db.Tx) error {
 		var err error
@@ -76,7 +85,7 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 		t.Error("Publish without a transaction succeeded")
 	}
 
-	relay := outbox.NewRelay(c, client, outbox.RelayConfig{Poll: time.Hour}) // only NOTIFY wakes it
+	relay := outbox.NewRelay(c, client, outbox.RelayConfig{Poll: time.Hour, Batch: 1}) // only NOTIFY wakes it
 	if err := relay.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -109,8 +118,17 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 	if d, ok, _ := ch.Get(queue, true); ok {
 		t.Errorf("an extra message arrived: %s", d.Body)
 	}
-	var left int
-	if err := c.Get(ctx, &left, `SELECT count(*) FROM outbox`); err != nil || left != 0 {
-		t.Errorf("%d rows left in the outbox (%v), want 0", left, err)
+	// Only the message to the missing queue is left, with its failure.
+	var left []struct {
+		MessageID string `db:"message_id"`
+		Attempts  int    `db:"attempts"`
+		LastError string `db:"last_error"`
+		Later     bool   `db:"later"`
+	}
+	if err := c.Select(ctx, &left, `SELECT message_id, attempts, coalesce(last_error, '') AS last_error, publish_after > now() AS later FROM outbox`); err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].MessageID != stuck || left[0].Attempts < 1 || !strings.Contains(left[0].LastError, "no such queue") || !left[0].Later {
+		t.Errorf("left in the outbox: %+v; want only %s, with an attempt, its error and a later publish_after", left, stuck)
 	}
 }
