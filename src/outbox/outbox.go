@@ -116,6 +116,10 @@ type RelayConfig struct {
 // round: at least once, with its message id, so an idempotent consumer
 // ([Inbox.Idempotent]) applies it exactly once.
 //
+// The relay holds one connection of the pool for LISTEN. Behind PgBouncer
+// in transaction pooling mode notifications do not arrive: the relay then
+// publishes every Poll.
+//
 // As a runner service: Start begins relaying, Shutdown stops it (a round
 // in progress finishes or is cancelled when ctx ends).
 type Relay struct {
