@@ -222,6 +222,17 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// built-in CRUD comes with db.Model); the routes, below, use them.
 	//
 	cfg.Inbox.Logger = log
+	if os.Getenv("TEST_HOOK_KILL_AFTER_COMMIT") == "1" {
+		// Test hook (e2e TestServiceKilledBetweenCommitAndPublish): die by
+		// SIGKILL right after an idempotent route's transaction commits, before
+		// its ack and before the relay publishes what it recorded.
+		log.Warn("TEST_HOOK_KILL_AFTER_COMMIT=1: this process kills itself after the first idempotent commit")
+		cfg.Inbox.AfterCommit = func(string, string) {
+			if self, err := os.FindProcess(os.Getpid()); err == nil {
+				_ = self.Kill() // SIGKILL
+			}
+		}
+	}
 	inbox := outbox.NewInbox(database, cfg.Inbox) // the idempotent routes' record; prunes itself while running
 	// The outbox relay publishes what handlers recorded with outbox.Add in
 	// their transactions, after commit, with confirms.
@@ -338,6 +349,21 @@ func routes(rpc, queue worker.Router, s *service) {
 			items = items.In(tx)
 		}
 		_, err = items.Create(ctx, item)
+		return err
+	}), s.inbox.Idempotent())
+	// Exactly-once forwarding: the item goes on to example-item.store-once
+	// through the outbox, recorded in the inbox's transaction, so neither a
+	// redelivery nor a crash between commit and publish sends it twice or
+	// loses it.
+	queue.Handle("example-item.forward", worker.Job(func(ctx context.Context, in newItem) error {
+		if _, err := in.toItem(); err != nil {
+			return err
+		}
+		tx, ok := db.TxFrom(ctx)
+		if !ok {
+			return errors.New("example-item.forward: no transaction on ctx (the route must be idempotent)")
+		}
+		_, err := outbox.Publish(ctx, tx, "example-item.store-once", in)
 		return err
 	}), s.inbox.Idempotent())
 }

@@ -53,6 +53,11 @@ type InboxConfig struct {
 	// the Inbox runs (default DefaultInboxPruneEvery, 1 hour).
 	PruneEvery time.Duration
 	Logger     *slog.Logger // default slog.Default()
+	// AfterCommit, when set, is called after each transaction in which a
+	// handler ran has committed (not for a skipped redelivery), before the
+	// message is acked: for metrics, and for tests that kill the process
+	// at exactly that point.
+	AfterCommit func(route, messageID string)
 }
 
 // Inbox records the messages idempotent routes have handled, in the table
@@ -120,6 +125,7 @@ func (in *Inbox) Idempotent() worker.Middleware {
 				id = "sha256:" + hex.EncodeToString(sum[:])
 			}
 			var out []byte
+			ran := false
 			err := in.db.InTx(ctx, func(tx *db.Tx) error {
 				res, err := tx.Exec(ctx, `INSERT INTO inbox ("route", "message_id") VALUES ($1, $2) ON CONFLICT DO NOTHING`, req.Route, id)
 				if err != nil {
@@ -132,8 +138,12 @@ func (in *Inbox) Idempotent() worker.Middleware {
 				}
 				var err2 error
 				out, err2 = next.Serve(db.WithTx(ctx, tx), req)
+				ran = err2 == nil
 				return err2
 			})
+			if err == nil && ran && in.cfg.AfterCommit != nil {
+				in.cfg.AfterCommit(req.Route, id)
+			}
 			return out, err
 		})
 	}

@@ -156,3 +156,26 @@ func TestInboxPrunes(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestAfterCommit: the hook runs once per message whose handler ran and
+// committed; not for a failure, not for a skipped repeat.
+func TestAfterCommit(t *testing.T) {
+	c := inboxDB(t)
+	ctx := context.Background()
+	var calls []string
+	inbox := outbox.NewInbox(c, outbox.InboxConfig{AfterCommit: func(route, id string) { calls = append(calls, route+" "+id) }})
+	fail := true
+	h := inbox.Idempotent()(worker.HandlerFunc(func(context.Context, *worker.Request) ([]byte, error) {
+		if fail {
+			return nil, errors.New("failed")
+		}
+		return nil, nil
+	}))
+	for _, f := range []bool{true, false, false} {
+		fail = f
+		_, _ = h.Serve(ctx, &worker.Request{Route: "r", MessageID: "m", Data: json.RawMessage(`null`)})
+	}
+	if len(calls) != 1 || calls[0] != "r m" {
+		t.Errorf("AfterCommit calls %q, want one for r m", calls)
+	}
+}
