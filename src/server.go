@@ -222,13 +222,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// built-in CRUD comes with db.Model); the routes, below, use them.
 	//
 	cfg.Inbox.Logger = log
-	if os.Getenv("TEST_HOOK_KILL_AFTER_COMMIT") == "1" {
+	if route := os.Getenv("TEST_HOOK_KILL_AFTER_COMMIT"); route != "" {
 		// Test hook (e2e TestServiceKilledBetweenCommitAndPublish): die by
-		// SIGKILL right after an idempotent route's transaction commits, before
-		// its ack and before the relay publishes what it recorded.
-		log.Warn("TEST_HOOK_KILL_AFTER_COMMIT=1: this process kills itself after the first idempotent commit")
-		cfg.Inbox.AfterCommit = func(string, string) {
-			if self, err := os.FindProcess(os.Getpid()); err == nil {
+		// SIGKILL right after a transaction of the idempotent route named
+		// commits, before its ack and before the relay publishes what it
+		// recorded.
+		log.Warn("TEST_HOOK_KILL_AFTER_COMMIT is set: this process kills itself after the first commit on the route", "route", route)
+		cfg.Inbox.AfterCommit = func(r, _ string) {
+			if self, err := os.FindProcess(os.Getpid()); err == nil && r == route {
 				_ = self.Kill() // SIGKILL
 			}
 		}
