@@ -34,9 +34,12 @@ const usage = `usage:
   service publish [--timeout D] ROUTE [JSON]
                               publish JSON as the data of a message to a queue route
                               and wait for the broker's confirm
+  service dlq list|show|replay [ROUTE]
+                              count, show and replay the dead letters of queue routes
+                              (service dlq for details)
   service healthcheck         exit 0 when RabbitMQ and PostgreSQL answer
 
-call and publish read the same BROKER_* variables as the service.`
+call, publish and dlq read the same BROKER_* variables as the service.`
 
 // catalog lists the service's routes, without connecting to anything.
 func catalog() *worker.Catalog {

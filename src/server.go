@@ -51,6 +51,11 @@ type config struct {
 	// default classic).
 	QueueType, RPCQueueType worker.QueueType
 
+	// RetryInBroker makes the queue routes' retries wait in the broker
+	// (BROKER_RETRY=broker) instead of in the worker (worker, the default):
+	// see README, "Events, delayed retries and dead letters".
+	RetryInBroker bool
+
 	// StartTimeout bounds connecting at start (START_TIMEOUT, default 30s):
 	// past it the service exits non-zero naming what it could not reach.
 	StartTimeout time.Duration
@@ -71,8 +76,8 @@ func (c config) development() bool { return c.Mode == "development" }
 // variable, its value and what is accepted.
 func loadConfig() (config, error) {
 	var cfg config
-	var errs [11]error
-	var qt, rqt string
+	var errs [12]error
+	var qt, rqt, retry string
 	cfg.Mode, errs[0] = env.OneOf("MODE", "development", "development", "production")
 	cfg.Broker, errs[1] = worker.ConfigFromEnv()
 	cfg.Database, errs[2] = db.ConfigFromEnv()
@@ -81,9 +86,11 @@ func loadConfig() (config, error) {
 	qt, errs[5] = env.OneOf("BROKER_QUEUE_TYPE", string(worker.Quorum), string(worker.Quorum), string(worker.Classic))
 	rqt, errs[6] = env.OneOf("BROKER_RPC_QUEUE_TYPE", string(worker.Classic), string(worker.Classic), string(worker.Quorum))
 	cfg.QueueType, cfg.RPCQueueType = worker.QueueType(qt), worker.QueueType(rqt)
-	cfg.Inbox.Retention, errs[8] = env.Duration("INBOX_RETENTION", outbox.DefaultInboxRetention)
-	cfg.Inbox.PruneEvery, errs[9] = env.Duration("INBOX_PRUNE_EVERY", outbox.DefaultInboxPruneEvery)
-	cfg.Relay.Poll, errs[10] = env.Duration("OUTBOX_POLL", outbox.DefaultRelayPoll)
+	retry, errs[8] = env.OneOf("BROKER_RETRY", "worker", "worker", "broker")
+	cfg.RetryInBroker = retry == "broker"
+	cfg.Inbox.Retention, errs[9] = env.Duration("INBOX_RETENTION", outbox.DefaultInboxRetention)
+	cfg.Inbox.PruneEvery, errs[10] = env.Duration("INBOX_PRUNE_EVERY", outbox.DefaultInboxPruneEvery)
+	cfg.Relay.Poll, errs[11] = env.Duration("OUTBOX_POLL", outbox.DefaultRelayPoll)
 	if !cfg.development() {
 		errs[7] = productionChecks()
 		if cfg.Database.SSLMode == "" && os.Getenv("DB_URL") == "" {
@@ -164,6 +171,8 @@ func main() {
 		os.Exit(healthcheck(cfg))
 	case "call", "publish":
 		os.Exit(callOrPublish(cfg, cmd, args, os.Stdin, os.Stdout))
+	case "dlq":
+		os.Exit(deadLetters(cfg, args, os.Stdout))
 	default:
 		fmt.Fprintf(os.Stderr, "service: unknown command %q\n%s\n", cmd, usage)
 		os.Exit(2)
@@ -215,7 +224,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	rpc := worker.NewRPC(broker, worker.WithLogger(log), worker.WithDevelopment(cfg.development()),
 		worker.WithQueueType(cfg.RPCQueueType), worker.WithErrorType(errorType))
 	queue := worker.NewQueue(broker, worker.WithLogger(log), worker.WithDevelopment(cfg.development()),
-		worker.WithQueueType(cfg.QueueType), worker.WithErrorType(errorType))
+		worker.WithQueueType(cfg.QueueType), worker.WithErrorType(errorType),
+		worker.WithRetry(worker.Retry{InBroker: cfg.RetryInBroker}))
 
 	//
 	// MODELS and ROUTES: a model is a table's row type plus its queries (the

@@ -115,6 +115,20 @@ func TestQueueTypeFromEnv(t *testing.T) {
 	}
 }
 
+func TestRetryModeFromEnv(t *testing.T) {
+	if cfg, err := loadConfig(); err != nil || cfg.RetryInBroker {
+		t.Fatalf("default: RetryInBroker %v, %v; want the worker's waits", cfg.RetryInBroker, err)
+	}
+	t.Setenv("BROKER_RETRY", "broker")
+	if cfg, err := loadConfig(); err != nil || !cfg.RetryInBroker {
+		t.Fatalf("BROKER_RETRY=broker: RetryInBroker %v, %v", cfg.RetryInBroker, err)
+	}
+	t.Setenv("BROKER_RETRY", "later")
+	if _, err := loadConfig(); err == nil || !strings.Contains(err.Error(), `BROKER_RETRY="later"`) {
+		t.Errorf("BROKER_RETRY=later: %v", err)
+	}
+}
+
 func TestPreview(t *testing.T) {
 	long := []byte(`"` + strings.Repeat("é", 300) + `"`)
 	p := preview(long, 200)

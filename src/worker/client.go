@@ -33,6 +33,8 @@ type sessions struct {
 
 	calls *slot[callSession, *callSession]
 
+	events eventPublisher
+
 	prefix string
 	seq    atomic.Uint64 // correlation ids: unique across the copies
 }

@@ -108,8 +108,13 @@ func fieldSize(v any) int {
 // consecutive failure (1 s up to 30 s), never dropped and never redelivered
 // in a tight loop.
 func (c *consumer) publishDeadLetter(ack *acker, d *amqp.Delivery, o *outcome, attempts int) {
+	c.publishCopy(ack, d, o, attempts, c.route+DeadLetterSuffix)
+}
+
+// publishCopy is publishDeadLetter to queue dlq: the dead-letter queue or
+// a retry queue (delay.go).
+func (c *consumer) publishCopy(ack *acker, d *amqp.Delivery, o *outcome, attempts int, dlq string) {
 	s := c.s
-	dlq := c.route + DeadLetterSuffix
 	msg := amqp.Publishing{
 		Headers:         deadLetterHeaders(d.Headers, o, c.route, attempts),
 		ContentType:     d.ContentType,
@@ -125,12 +130,20 @@ func (c *consumer) publishDeadLetter(ack *acker, d *amqp.Delivery, o *outcome, a
 	if _, refused := d.Headers[HeaderHeadersRefused]; refused {
 		msg.Headers[HeaderHeadersDropped] = int32(1)
 	}
+	if ev := c.eventOf(d); ev != "" {
+		msg.Headers[HeaderEvent] = ev // the copy goes through the default exchange
+	}
+	retry := dlq != c.route+DeadLetterSuffix
 	ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
 	defer cancel()
 	err := s.dlq.publish(ctx, dlq, msg)
 	if errors.Is(err, ErrNoRoute) {
-		s.opts.logger.Warn("dead-letter queue missing; declaring it again", "route", c.route, "queue", dlq)
-		if derr := c.declareDLQ(ctx); derr != nil {
+		s.opts.logger.Warn("dead-letter or retry queue missing; declaring it again", "route", c.route, "queue", dlq)
+		declare := c.declareDLQ
+		if retry {
+			declare = c.redeclareRetries
+		}
+		if derr := declare(ctx); derr != nil {
 			err = fmt.Errorf("%w; declare it again: %w", err, derr)
 		} else {
 			err = s.dlq.publish(ctx, dlq, msg)
@@ -139,7 +152,7 @@ func (c *consumer) publishDeadLetter(ack *acker, d *amqp.Delivery, o *outcome, a
 	if err != nil {
 		n := c.dlqFails.Add(1)
 		wait := min(time.Second<<min(n-1, 5), 30*time.Second)
-		s.opts.logger.Error("cannot dead-letter message; requeueing it after a wait (is the dead-letter queue full?)",
+		s.opts.logger.Error("cannot dead-letter message or move it to its retry queue; requeueing it after a wait (is the queue full?)",
 			"route", c.route, "queue", dlq, "err", err, "error_id", o.ID, "in", wait)
 		select {
 		case <-time.After(wait):

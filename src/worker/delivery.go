@@ -76,7 +76,7 @@ func (c *consumer) admit(ack *acker, d *amqp.Delivery) bool {
 // returned with it (attempt 0), for the dead letter.
 func (c *consumer) decode(d *amqp.Delivery) (req *Request, gz bool, err error) {
 	req = &Request{
-		Route: c.route, Deadline: deadlineOf(d),
+		Route: c.route, Deadline: deadlineOf(d), Event: c.eventOf(d),
 		Headers: d.Headers, MessageID: d.MessageId, CorrelationID: d.CorrelationId, AppID: d.AppId,
 		Timestamp: d.Timestamp, Redelivered: d.Redelivered,
 	}
@@ -90,7 +90,7 @@ func (c *consumer) decode(d *amqp.Delivery) (req *Request, gz bool, err error) {
 	}
 	req.Data, gz, err = decodeBody(c.s.base, d.Body, d.ContentEncoding, c.s.lim)
 	if err == nil {
-		req.Attempt = 1
+		req.Attempt = 1 + c.s.priorAttempts(d)
 	}
 	return req, gz, err
 }
@@ -160,7 +160,12 @@ func (c *consumer) settle(ack *acker, d *amqp.Delivery, req *Request, err error)
 	case errors.Is(err, errRequeue):
 		ack.requeue(d.DeliveryTag)
 	default:
-		c.publishDeadLetter(ack, d, c.failed(err, req.Attempt), req.Attempt)
+		o := c.failed(err, req.Attempt)
+		if delay, ok := c.s.brokerDelay(req.Attempt, o); ok {
+			c.publishCopy(ack, d, o, req.Attempt, RetryQueue(c.route, delay))
+			return
+		}
+		c.publishDeadLetter(ack, d, o, req.Attempt)
 	}
 }
 

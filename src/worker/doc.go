@@ -61,9 +61,13 @@
 //   - In production (not [WithDevelopment]) an error without a type of its
 //     own, or a panic, is answered "internal error (error id ...)"; its text
 //     is logged under that id, never sent.
-//   - Queue handler failures are retried with backoff ([WithRetry]), then
-//     dead-lettered with the error in headers, publisher-confirmed, then
-//     acked: nothing is dropped, nothing loops forever.
+//   - Queue handler failures are retried with backoff ([WithRetry]; the
+//     waits in the worker, or in the broker's retry queues with
+//     [Retry.InBroker]), then dead-lettered with the error in headers,
+//     publisher-confirmed, then acked: nothing is dropped, nothing loops
+//     forever. [DeadLetters] counts, shows and replays dead letters.
+//   - [Events] subscriptions get each matching event once per service
+//     ([Client.PublishEvent], [SubscriptionQueue]).
 //   - The caller's deadline travels with a request (expiration and
 //     [HeaderDeadline]); a worker does not start a request whose caller gave
 //     up, and the handler's ctx carries the deadline.

@@ -132,3 +132,90 @@ func Example() {
 	_ = rpc.Shutdown(shutdownCtx)
 	_ = queue.Shutdown(shutdownCtx)
 }
+
+// Each service's subscription to a pattern has a queue of its own, named
+// after both; its replicas share it.
+func ExampleSubscriptionQueue() {
+	fmt.Println(worker.SubscriptionQueue("billing", "item.*"))
+	fmt.Println(worker.SubscriptionQueue("billing", "item.*") + worker.DeadLetterSuffix)
+	// Output:
+	// billing:item.*
+	// billing:item.*.dlq
+}
+
+// A service subscribes to events with an Events worker and publishes them
+// with a Client; both use the fleet's event exchange (DefaultEventExchange
+// unless WithEventExchange).
+func ExampleEvents() {
+	ctx := context.Background()
+	conn, err := worker.Dial(ctx, worker.Config{Host: "localhost"})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer conn.Close()
+	type item struct {
+		ID string `json:"id"`
+	}
+	events := worker.NewEvents(conn, "billing")
+	events.Handle("item.*", worker.Job(func(ctx context.Context, it item) error {
+		fmt.Println("billing saw item", it.ID)
+		return nil
+	}))
+	if err := events.Start(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer events.Shutdown(ctx)
+
+	client := worker.NewClient(conn)
+	defer client.Close()
+	if err := client.PublishEvent(ctx, "item.created", item{ID: "42"}); err != nil {
+		fmt.Println(err)
+	}
+}
+
+// With Retry.InBroker the waits of the policy are retry queues of the
+// route, one per distinct wait.
+func ExampleRetryDelays() {
+	policy := worker.Retry{Attempts: 6, Backoff: 200 * time.Millisecond, MaxBackoff: 5 * time.Second, InBroker: true}
+	for _, d := range worker.RetryDelays(policy) {
+		fmt.Println(d, worker.RetryQueue("emails", d))
+	}
+	// Output:
+	// 200ms emails.retry.200
+	// 400ms emails.retry.400
+	// 800ms emails.retry.800
+	// 1.6s emails.retry.1600
+	// 3.2s emails.retry.3200
+}
+
+// DeadLetters counts, shows and replays a route's dead letters, as
+// `service dlq` does.
+func ExampleDeadLetters() {
+	ctx := context.Background()
+	conn, err := worker.Dial(ctx, worker.Config{Host: "localhost"})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer conn.Close()
+	dl := worker.NewDeadLetters(conn)
+	counts, err := dl.List(ctx, "emails")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(counts[0].Queue, counts[0].Messages)
+	letters, _, err := dl.Show(ctx, "emails", 3)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, l := range letters {
+		fmt.Println(l.MessageID, l.ErrorType, l.Error)
+	}
+	// Once the fault is fixed:
+	moved, err := dl.Replay(ctx, "emails", 0)
+	fmt.Println(moved, err)
+}

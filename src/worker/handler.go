@@ -18,6 +18,7 @@ type Request struct {
 	Data     json.RawMessage // the "data" member of the body, raw JSON (never empty)
 	Attempt  int             // 1 for the first run; queue retries count up
 	Deadline time.Time       // the caller's deadline, zero when it set none
+	Event    string          // an Events subscription's: the event's name, e.g. "item.created"
 
 	// The message's properties, for middleware that need more than its
 	// data (an auth header, a trace id). Read them; do not change them.

@@ -72,6 +72,9 @@ func (e *panicError) Error() string {
 // errRequeue.
 func (s *server) retry(next Handler) Handler {
 	return HandlerFunc(func(ctx context.Context, req *Request) ([]byte, error) {
+		if s.opts.retry.InBroker { // one run; settle moves a failure to a retry queue
+			return next.Serve(ctx, req)
+		}
 		backoff := s.opts.retry.Backoff
 		for attempt := 1; ; attempt++ {
 			req.Attempt = attempt
@@ -101,6 +104,11 @@ func (s *server) logFailures(next Handler) Handler {
 			return out, err
 		}
 		o := s.describe(err)
+		if delay, ok := s.brokerDelay(req.Attempt, o); ok {
+			s.opts.logger.Debug("handler failed, retrying through the broker", "route", req.Route, "attempt", req.Attempt,
+				"err", truncate(o.Public, maxLogText), "error_id", o.ID, "in", delay)
+			return nil, o
+		}
 		msg := "request failed"
 		if s.kind == kindQueue {
 			msg = "message failed; dead-lettering it"

@@ -75,6 +75,7 @@ type options struct {
 	replyTo     func(string) bool
 	errorType   func(error) string
 	encoding    Encoding
+	exchange    string // WithEventExchange; "" means DefaultEventExchange
 }
 
 // Retry is the retry policy of a [Queue] worker: a failed handler runs again
@@ -84,6 +85,14 @@ type Retry struct {
 	Attempts   int           // runs in all, including the first; default 6
 	Backoff    time.Duration // wait before the second run; default 200ms
 	MaxBackoff time.Duration // longest wait; default 5s
+
+	// InBroker makes the broker hold the waits instead of the worker: a
+	// failed message is moved to a retry queue of its route (RetryQueue)
+	// that hands it back after the wait, so it frees its prefetch slot
+	// and the route's other messages flow meanwhile (see delay.go). Off:
+	// the worker waits, holding the message and its slot, and a Shutdown
+	// during a wait requeues it.
+	InBroker bool
 }
 
 // Defaults.
@@ -242,15 +251,7 @@ func WithErrorType(f func(error) string) ServeOption {
 // defaults from [DefaultRetry].
 func WithRetry(r Retry) QueueOption {
 	return queueOption(func(o *options) {
-		if r.Attempts > 0 {
-			o.retry.Attempts = r.Attempts
-		}
-		if r.Backoff > 0 {
-			o.retry.Backoff = r.Backoff
-		}
-		if r.MaxBackoff > 0 {
-			o.retry.MaxBackoff = r.MaxBackoff
-		}
+		o.retry = o.retry.with(r)
 	})
 }
 

@@ -152,15 +152,10 @@ func (p *publisher) publish(ctx context.Context, queue string, msg amqp.Publishi
 	return p.publishTo(ctx, "", queue, true, msg)
 }
 
-// publishTo is publish to any exchange; with mandatory false a message
-// the exchange routes nowhere is confirmed, not returned as ErrNoRoute.
-// (Error messages keep saying "queue": for the default exchange the key is
-// one; for another exchange queue is "exchange/key".)
-func (p *publisher) publishTo(ctx context.Context, exchange, routingKey string, mandatory bool, msg amqp.Publishing) error {
-	queue := routingKey
-	if exchange != "" {
-		queue = exchange + "/" + routingKey
-	}
+// publishTo is publish to any exchange with routing key queue; a message
+// that is not mandatory and routes nowhere is confirmed (and dropped by
+// the broker).
+func (p *publisher) publishTo(ctx context.Context, exchange, queue string, mandatory bool, msg amqp.Publishing) error {
 	key := p.prefix + "." + itoa(p.ids.Add(1))
 	if msg.MessageId == "" {
 		msg.MessageId = key
@@ -184,7 +179,7 @@ func (p *publisher) publishTo(ctx context.Context, exchange, routingKey string, 
 		s.pending[seq] = pp
 		s.byKey[key] = seq
 		s.pendMu.Unlock()
-		err = s.ch.PublishWithContext(ctx, exchange, routingKey, mandatory, false, msg)
+		err = s.ch.PublishWithContext(ctx, exchange, queue, mandatory, false, msg)
 		s.pubMu.Unlock()
 		if err != nil {
 			s.forget(seq)

@@ -70,6 +70,11 @@ type server struct {
 	running atomic.Int64
 
 	dlq *publisher // queue workers only
+
+	// Events workers only: the event exchange, and each subscription
+	// queue's pattern (events.go).
+	exchange string
+	bindings map[string]string
 }
 
 // route is a registered route: its handler and its own middleware.
@@ -300,9 +305,15 @@ func (c *consumer) setup(ctx context.Context) (<-chan amqp.Delivery, error) {
 			return fail("", declareError(open, dlq, true, args, c.queues.typ, err))
 		}
 	}
+	if err := c.declareRetries(ch); err != nil {
+		return fail("", err)
+	}
 	durable, args := c.queues.routeQueue(s.kind, c.route)
 	if _, err := ch.QueueDeclare(c.route, durable, false, false, false, args); err != nil {
 		return fail("", declareError(open, c.route, durable, args, c.queues.typ, err))
+	}
+	if err := c.bind(ch); err != nil {
+		return fail("", err)
 	}
 	tag := c.route + "." + randomHex(6)
 	if s.kind == kindQueue && !c.queues.brokerDeadLetters(s.kind) {

@@ -4,6 +4,7 @@ package containers_test
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -61,22 +62,43 @@ func composeCluster(t *testing.T, e *engine, p *project) {
 			}
 			ch, err := conn.Channel()
 			if err == nil {
-				_, err = ch.QueueDeclare("cluster-check", true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+				err = ch.Confirm(false)
 			}
 			if err == nil {
-				err = ch.PublishWithContext(context.Background(), "", "cluster-check", false, false, amqp.Publishing{Body: []byte(nodes[i])})
+				_, err = ch.QueueDeclare("cluster-check", true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+			}
+			var confirm *amqp.DeferredConfirmation
+			if err == nil {
+				confirm, err = ch.PublishWithDeferredConfirmWithContext(context.Background(), "", "cluster-check", false, false, amqp.Publishing{Body: []byte(nodes[i])})
+			}
+			if err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				var acked bool
+				acked, err = confirm.WaitContext(ctx)
+				cancel()
+				if err == nil && !acked {
+					err = errors.New("the broker nacked the publish")
+				}
 			}
 			_ = conn.Close()
 			if err != nil {
 				t.Fatalf("quorum queue through %s: %v", nodes[i], err)
 			}
 		}
-		out := s.mustCompose(t, time.Minute, "cluster-queue", "exec", "-T", "rabbitmq-3", "rabbitmqctl", "-q", "list_queues", "-p", "service", "name", "messages", "members")
+		// A quorum queue's message count in list_queues lags its confirms
+		// by a few seconds: ask until it shows the three.
 		line := ""
-		for l := range strings.SplitSeq(out, "\n") {
-			if strings.HasPrefix(l, "cluster-check") {
-				line = l
+		for try := 0; try < 30; try++ {
+			out := s.mustCompose(t, time.Minute, "cluster-queue", "exec", "-T", "rabbitmq-3", "rabbitmqctl", "-q", "list_queues", "-p", "service", "name", "messages", "members")
+			for l := range strings.SplitSeq(out, "\n") {
+				if strings.HasPrefix(l, "cluster-check") {
+					line = l
+				}
 			}
+			if strings.Contains(line, "\t3\t") {
+				break
+			}
+			time.Sleep(time.Second)
 		}
 		if strings.Count(line, "rabbit@rabbitmq-") != 3 || !strings.Contains(line, "\t3\t") {
 			t.Fatalf("cluster-check should hold 3 messages on 3 members; list_queues says %q", line)
