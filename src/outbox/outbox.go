@@ -74,6 +74,23 @@ func Publish(ctx context.Context, tx *db.Tx, route string, data any) (string, er
 	return Add(ctx, tx, worker.Message{RoutingKey: route, Data: b})
 }
 
+// Event records data as the event name (dot-separated words, such as
+// "item.created") on the event exchange worker.DefaultEventExchange,
+// inside tx: after commit the relay publishes it as Client.PublishEvent
+// does, to every subscription whose pattern matches. (For a Client with
+// another event exchange, use Add with that Exchange.) It returns the
+// event's message id.
+func Event(ctx context.Context, tx *db.Tx, name string, data any) (string, error) {
+	if name == "" || strings.ContainsAny(name, "*# ") {
+		return "", fmt.Errorf("record event %q in the outbox: want dot-separated words, e.g. \"item.created\"", name)
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return "", fmt.Errorf("record event %q in the outbox: data of type %T does not encode as JSON: %w", name, data, err)
+	}
+	return Add(ctx, tx, worker.Message{Exchange: worker.DefaultEventExchange, RoutingKey: name, Data: b})
+}
+
 func nullable(b []byte) any {
 	if b == nil {
 		return nil

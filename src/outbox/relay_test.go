@@ -85,6 +85,26 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 		t.Error("Publish without a transaction succeeded")
 	}
 
+	// An event on the event exchange (declared by a first PublishEvent, so
+	// that a queue can be bound to it here).
+	if err := client.PublishEvent(ctx, "outbox.test.declare", nil); err != nil {
+		t.Fatal(err)
+	}
+	eventKey := "outbox.test." + strings.ReplaceAll(queue, "-", "")
+	if err := ch.QueueBind(queue, eventKey, worker.DefaultEventExchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	var named string
+	if err := c.InTx(ctx, func(tx *db.Tx) error {
+		var err error
+		named, err = outbox.Event(ctx, tx, eventKey, map[string]string{"id": "b"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := outbox.Event(ctx, nil, "item.*", 1); err == nil {
+		t.Error("an event named with a pattern was recorded")
+	}
 	relay := outbox.NewRelay(c, client, outbox.RelayConfig{Poll: time.Hour, Batch: 1}) // only NOTIFY wakes it
 	if err := relay.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -93,7 +113,7 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 
 	got := map[string]amqp.Delivery{}
 	deadline := time.Now().Add(20 * time.Second)
-	for len(got) < 2 && time.Now().Before(deadline) {
+	for len(got) < 3 && time.Now().Before(deadline) {
 		d, ok, err := ch.Get(queue, true)
 		if err != nil {
 			t.Fatal(err)
@@ -112,6 +132,9 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 	if !ok || string(e.Body) != `{"data":{"id":"a"}}` || e.RoutingKey != "item.created" || e.Exchange != exchange || e.Headers["x-source"] != "test" ||
 		e.Headers["x-attempt"] != int64(3) || fmt.Sprint(e.Headers["x-meta"]) != "map[a:b]" {
 		t.Errorf("event %s: %+v (found %v)", event, e, ok)
+	}
+	if n, ok := got[named]; !ok || string(n.Body) != `{"data":{"id":"b"}}` || n.Exchange != worker.DefaultEventExchange || n.RoutingKey != eventKey {
+		t.Errorf("event %s on %s: %+v (found %v)", named, worker.DefaultEventExchange, n, ok)
 	}
 	// The rolled back message never comes; the sent rows are gone.
 	time.Sleep(300 * time.Millisecond)

@@ -29,8 +29,11 @@ type Message struct {
 // broker confirmed it. To the default exchange it fails with an error
 // matching ErrNoRoute when no queue named m.RoutingKey exists; another
 // exchange that routes m nowhere drops it and confirms it (an event nobody
-// subscribes to). When the connection drops before the confirm it is sent
-// again once reconnected, with the same message id.
+// subscribes to). To the Client's event exchange ([WithEventExchange],
+// default [DefaultEventExchange]) m is an event named m.RoutingKey, as
+// [Client.PublishEvent] sends it, and the exchange is declared first. When
+// the connection drops before the confirm it is sent again once
+// reconnected, with the same message id.
 func (c *Client) PublishMessage(ctx context.Context, m Message) error {
 	data := m.Data
 	if data == nil {
@@ -52,6 +55,13 @@ func (c *Client) PublishMessage(ctx context.Context, m Message) error {
 			if err := pub.Headers.Validate(); err != nil {
 				return fmt.Errorf("publish message %q to exchange %q with key %q: headers: %w", m.MessageID, m.Exchange, m.RoutingKey, err)
 			}
+		}
+	}
+	if m.Exchange != "" && m.Exchange == eventExchange(c.opts) {
+		// The Client's event exchange, declared as PublishEvent does: a
+		// publish to a missing exchange would close the channel.
+		if err := c.declareEvents(ctx, m.Exchange); err != nil {
+			return fmt.Errorf("publish message %q as event %q: %w", m.MessageID, m.RoutingKey, err)
 		}
 	}
 	return c.pub.publishTo(ctx, m.Exchange, m.RoutingKey, m.Exchange == "", pub)
