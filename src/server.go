@@ -34,6 +34,7 @@ import (
 	"example.com/service/src/internal/env"
 	"example.com/service/src/internal/redact"
 	"example.com/service/src/models"
+	"example.com/service/src/outbox"
 	"example.com/service/src/runner"
 	"example.com/service/src/telemetry"
 	"example.com/service/src/worker"
@@ -70,6 +71,12 @@ type config struct {
 	// MetricsAddr is where /metrics, /healthz and /readyz are served
 	// (METRICS_ADDR, host:port; default empty: not served).
 	MetricsAddr string
+	// Inbox configures the idempotent routes' inbox: INBOX_RETENTION
+	// (default 168h) and INBOX_PRUNE_EVERY (default 1h).
+	Inbox outbox.InboxConfig
+	// Relay configures the outbox relay: OUTBOX_POLL (default 5s), how often
+	// it looks at the outbox without a NOTIFY.
+	Relay outbox.RelayConfig
 }
 
 func (c config) development() bool { return c.Mode == "development" }
@@ -78,7 +85,7 @@ func (c config) development() bool { return c.Mode == "development" }
 // variable, its value and what is accepted.
 func loadConfig() (config, error) {
 	var cfg config
-	var errs [9]error
+	var errs [12]error
 	var qt, rqt, retry string
 	cfg.Mode, errs[0] = env.OneOf("MODE", "development", "development", "production")
 	cfg.Broker, errs[1] = worker.ConfigFromEnv()
@@ -91,6 +98,9 @@ func loadConfig() (config, error) {
 	retry, errs[8] = env.OneOf("BROKER_RETRY", "worker", "worker", "broker")
 	cfg.RetryInBroker = retry == "broker"
 	cfg.MetricsAddr = env.Get("METRICS_ADDR", "")
+	cfg.Inbox.Retention, errs[9] = env.Duration("INBOX_RETENTION", outbox.DefaultInboxRetention)
+	cfg.Inbox.PruneEvery, errs[10] = env.Duration("INBOX_PRUNE_EVERY", outbox.DefaultInboxPruneEvery)
+	cfg.Relay.Poll, errs[11] = env.Duration("OUTBOX_POLL", outbox.DefaultRelayPoll)
 	if !cfg.development() {
 		errs[7] = productionChecks()
 		if cfg.Database.SSLMode == "" && os.Getenv("DB_URL") == "" {
@@ -248,21 +258,43 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		rpc.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
 		queue.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
 	}
-	services := []runner.Service{runner.Named("rpc worker", rpc), runner.Named("queue worker", queue)}
+	var services []runner.Service // in start order; they stop in reverse
 	if cfg.MetricsAddr != "" { // metrics per route, and the health checks
 		listener, err := observe(cfg, broker, database, rpc, queue)
 		if err != nil {
 			return err
 		}
 		// First to start, last to stop: /readyz says "not ready" while the workers drain.
-		services = append([]runner.Service{runner.Named("metrics and health listener", listener)}, services...)
+		services = append(services, runner.Named("metrics and health listener", listener))
 	}
 
 	//
 	// MODELS and ROUTES: a model is a table's row type plus its queries (the
 	// built-in CRUD comes with db.Model); the routes, below, use them.
 	//
-	routes(rpc, queue, &service{database: database, items: models.NewExampleItems(database), log: log})
+	cfg.Inbox.Logger = log
+	if route := os.Getenv("TEST_HOOK_KILL_AFTER_COMMIT"); route != "" {
+		// Test hook (e2e TestServiceKilledBetweenCommitAndPublish): die by
+		// SIGKILL right after a transaction of the idempotent route named
+		// commits, before its ack and before the relay publishes what it
+		// recorded.
+		log.Warn("TEST_HOOK_KILL_AFTER_COMMIT is set: this process kills itself after the first commit on the route", "route", route)
+		cfg.Inbox.AfterCommit = func(r, _ string) {
+			if self, err := os.FindProcess(os.Getpid()); err == nil && r == route {
+				_ = self.Kill() // SIGKILL
+			}
+		}
+	}
+	inbox := outbox.NewInbox(database, cfg.Inbox) // the idempotent routes' record; prunes itself while running
+	// The outbox relay publishes what handlers recorded with outbox.Add in
+	// their transactions, after commit, with confirms.
+	client := worker.NewClient(broker, worker.WithLogger(log))
+	defer client.Close()
+	cfg.Relay.Logger = log
+	relay := outbox.NewRelay(database, client, cfg.Relay)
+	services = append(services, runner.Named("inbox pruner", inbox), runner.Named("outbox relay", relay),
+		runner.Named("rpc worker", rpc), runner.Named("queue worker", queue))
+	routes(rpc, queue, &service{database: database, items: models.NewExampleItems(database), inbox: inbox, log: log})
 
 	//
 	// RUN: start the workers, serve until SIGINT or SIGTERM, then stop taking
@@ -319,6 +351,7 @@ func errorType(err error) string {
 type service struct {
 	database *db.Client
 	items    *models.ExampleItems
+	inbox    *outbox.Inbox
 	log      *slog.Logger
 }
 
@@ -378,6 +411,36 @@ func routes(rpc, queue worker.Router, s *service) {
 		_, err = s.items.Create(ctx, item)
 		return err
 	}))
+	// The same, idempotent: a redelivered message stores nothing twice. The
+	// inbox runs the handler in a transaction (db.TxFrom), which the
+	// handler's writes must use.
+	queue.Handle("example-item.store-once", worker.Job(func(ctx context.Context, in newItem) error {
+		item, err := in.toItem()
+		if err != nil {
+			return err
+		}
+		items := s.items.Model
+		if tx, ok := db.TxFrom(ctx); ok {
+			items = items.In(tx)
+		}
+		_, err = items.Create(ctx, item)
+		return err
+	}), s.inbox.Idempotent())
+	// Exactly-once forwarding: the item goes on to example-item.store-once
+	// through the outbox, recorded in the inbox's transaction, so neither a
+	// redelivery nor a crash between commit and publish sends it twice or
+	// loses it.
+	queue.Handle("example-item.forward", worker.Job(func(ctx context.Context, in newItem) error {
+		if _, err := in.toItem(); err != nil {
+			return err
+		}
+		tx, ok := db.TxFrom(ctx)
+		if !ok {
+			return errors.New("example-item.forward: no transaction on ctx (the route must be idempotent)")
+		}
+		_, err := outbox.Publish(ctx, tx, "example-item.store-once", in)
+		return err
+	}), s.inbox.Idempotent())
 }
 
 // healthcheck answers whether the service is ready, for a container's

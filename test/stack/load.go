@@ -24,6 +24,13 @@ import (
 // confirm. It returns how many were confirmed, once fault has returned too.
 func PublishTagged(t testing.TB, client *worker.Client, tag string, n, workers, after int, fault func()) (confirmed int) {
 	t.Helper()
+	return PublishTaggedTo(t, client, "example-item.store", tag, n, workers, after, fault)
+}
+
+// PublishTaggedTo is PublishTagged to another route taking the same
+// messages (example-item.store-once, the idempotent one).
+func PublishTaggedTo(t testing.TB, client *worker.Client, route, tag string, n, workers, after int, fault func()) (confirmed int) {
+	t.Helper()
 	var next, ok atomic.Int64
 	var once sync.Once
 	var wg, faultWG sync.WaitGroup
@@ -35,7 +42,7 @@ func PublishTagged(t testing.TB, client *worker.Client, tag string, n, workers, 
 					return
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-				err := client.Publish(ctx, "example-item.store", map[string]any{"string": fmt.Sprintf("%s-%d", tag, i), "integer": 1})
+				err := client.Publish(ctx, route, map[string]any{"string": fmt.Sprintf("%s-%d", tag, i), "integer": 1})
 				cancel()
 				if err != nil {
 					t.Errorf("publish %s-%d: %v", tag, i, err)

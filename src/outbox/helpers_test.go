@@ -1,0 +1,133 @@
+package outbox_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"example.com/service/src/db"
+	"example.com/service/src/models"
+	"example.com/service/src/testenv"
+	"example.com/service/src/worker"
+)
+
+// brokerConfig is the test broker as a worker.Config.
+func brokerConfig() worker.Config {
+	port, _ := strconv.Atoi(testenv.Env("BROKER_PORT", "5672"))
+	return worker.Config{
+		Host:     testenv.Env("BROKER_HOST", "127.0.0.1"),
+		Port:     port,
+		User:     testenv.Env("BROKER_USER", "guest"),
+		Password: testenv.Env("BROKER_PASS", "guest"),
+		VHost:    testenv.Env("BROKER_VHOST", "/"),
+	}
+}
+
+// scratchDB creates a database with the models' schema (inbox and outbox
+// among them) plus the extra statements, and returns its URL and a
+// function that drops it. It panics on failure: the examples use it too.
+func scratchDB(extra ...string) (url string, drop func()) {
+	ctx := context.Background()
+	admin, err := sql.Open("pgx", testenv.PostgresURL("postgres"))
+	if err != nil {
+		panic(err)
+	}
+	name := testenv.Name("outboxtest_")
+	if _, err := admin.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
+		panic(fmt.Sprintf("create database %s: %v", name, err))
+	}
+	drop = func() {
+		_, _ = admin.ExecContext(ctx, `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
+		_ = admin.Close()
+	}
+	url = testenv.PostgresURL(name)
+	c, err := db.Open(ctx, db.Config{URL: url})
+	if err != nil {
+		drop()
+		panic(err)
+	}
+	defer c.Close()
+	files, _ := fs.Glob(models.Schema, "*.sql")
+	slices.Sort(files)
+	var stmts []string
+	for _, f := range files {
+		b, _ := fs.ReadFile(models.Schema, f)
+		stmts = append(stmts, string(b))
+	}
+	for _, s := range append(stmts, extra...) {
+		if _, err := c.Exec(ctx, s); err != nil {
+			drop()
+			panic(fmt.Sprintf("schema of %s: %v", name, err))
+		}
+	}
+	return url, drop
+}
+
+// openDB opens url, retrying for 30 s.
+func openDB(url string) (*db.Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return db.Open(ctx, db.Config{URL: url})
+}
+
+// dialBroker connects to the test broker.
+func dialBroker(name string) (*worker.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return worker.Dial(ctx, brokerConfig(), worker.WithName(name))
+}
+
+// deleteQueues deletes the named queues (a route's and its dead-letter
+// queue), ignoring errors.
+func deleteQueues(names ...string) {
+	conn, err := amqp.Dial(testenv.BrokerURL())
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		_, _ = ch.QueueDelete(n, false, false, false)
+	}
+}
+
+var errRollback = errors.New("roll back")
+
+// rawChannel opens a plain amqp091-go channel, closed at cleanup.
+func rawChannel(t *testing.T) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(testenv.BrokerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+func rawExchangeDelete(name string) error {
+	conn, err := amqp.Dial(testenv.BrokerURL())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	return ch.ExchangeDelete(name, false, false)
+}
