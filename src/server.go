@@ -258,8 +258,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		rpc.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
 		queue.Use(worker.Trace(tel.TracerProvider, tel.Propagator))
 	}
-	var services []runner.Service // in start order; they stop in reverse
-	if cfg.MetricsAddr != "" { // metrics per route, and the health checks
+	// The services run in this order and stop in reverse. With METRICS_ADDR:
+	// metrics per route, and the health checks.
+	var services []runner.Service
+	if cfg.MetricsAddr != "" {
 		listener, err := observe(cfg, broker, database, rpc, queue)
 		if err != nil {
 			return err

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,18 +19,13 @@ import (
 // outbox message it forwards to example-item.store-once, and dies by
 // SIGKILL right after the commit: before the ack and before its relay
 // publishes. Run after run, then once without the hook: every item is
-// stored exactly once, nothing stays in the outbox. OUTBOX_E2E_RUNS sets
-// the runs (default 200, the count: about 0.5 s each on the
+// stored exactly once, nothing stays in the outbox. 30 runs in the
+// everyday suite, the 200 under test:effects (or OUTBOX_E2E_RUNS:
+// about 0.5 s each on the
 // 2-core development machine, each starting the race-built service and
 // waiting until it answers).
 func TestServiceKilledBetweenCommitAndPublish(t *testing.T) {
-	runs := 200
-	if v := os.Getenv("OUTBOX_E2E_RUNS"); v != "" {
-		var err error
-		if runs, err = strconv.Atoi(v); err != nil || runs < 1 {
-			t.Fatalf("OUTBOX_E2E_RUNS=%q: want a positive number", v)
-		}
-	}
+	runs := testenv.Count(t, "OUTBOX_E2E_RUNS", 30, 200)
 	env := stack.NewEnv(t, bins)
 	first := stack.Start(t, bins, env) // declares the queues
 	if err := first.Signal(syscall.SIGTERM); err != nil {

@@ -193,6 +193,29 @@ func dialTCP(what, addr, hint string) error {
 	return conn.Close()
 }
 
+// EffectsVar names the variable that `go tool task test:effects` sets to 1:
+// the exactly-once tests then run at the issue's full sizes (20,000
+// messages, 200 kill runs) instead of the everyday suite's smaller ones.
+const EffectsVar = "TEST_EFFECTS_FULL"
+
+// Count is the size of a test's load: the integer in the environment
+// variable key when set (a bad value fails tb, naming it), else full under
+// test:effects (EffectsVar=1), else everyday.
+func Count(tb testing.TB, key string, everyday, full int) int {
+	tb.Helper()
+	if v := os.Getenv(key); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			tb.Fatalf("%s=%q: want a positive whole number", key, v)
+		}
+		return n
+	}
+	if os.Getenv(EffectsVar) == "1" {
+		return full
+	}
+	return everyday
+}
+
 // Name returns prefix followed by a random hex suffix: a name for queues and
 // databases that no other test run uses.
 func Name(prefix string) string {
