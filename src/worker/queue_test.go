@@ -42,25 +42,36 @@ func getOne(t *testing.T, ch *amqp.Channel, queue string) amqp.Delivery {
 // getOneOnceDeclared is getOne for a queue that may not exist yet.
 func getOneOnceDeclared(t *testing.T, queue string) amqp.Delivery {
 	t.Helper()
-	conn, err := amqp.Dial(testenv.BrokerURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var d amqp.Delivery
+	var conn *amqp.Connection
 	var ch *amqp.Channel
+	defer func() {
+		if conn != nil {
+			_ = conn.Close()
+		}
+	}()
+	var d amqp.Delivery
 	eventually(t, "a message in "+queue, func() bool {
+		var err error
+		if conn == nil || conn.IsClosed() {
+			if conn, err = amqp.Dial(testenv.BrokerURL()); err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			ch = nil
+		}
 		if ch == nil {
 			if ch, err = conn.Channel(); err != nil {
-				t.Fatalf("open channel: %v", err)
+				// A get from a missing queue closes its channel, and the
+				// broker may close the whole connection if the next frame
+				// crosses that close: dial again on the next try.
+				_ = conn.Close()
+				conn = nil
+				return false
 			}
 		}
 		var ok bool
 		d, ok, err = ch.Get(queue, true)
 		if err != nil {
-			// A get from a missing queue closes the channel; using it again
-			// before the close is through would close the connection.
-			ch = nil
+			ch = nil // a get from a missing queue closes the channel
 		}
 		return err == nil && ok
 	})
