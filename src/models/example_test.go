@@ -32,7 +32,8 @@ func exampleClient() (*db.Client, func()) {
 	}
 	if err != nil {
 		_, _ = admin.ExecContext(context.Background(), `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
-		log.Fatalf("models example: %v", err) // one line, not a panic's goroutine dump
+		cancel()
+		log.Fatalf("models example: %v", err) //nolint:gocritic // cancel ran; one line, not a panic's goroutine dump
 	}
 	return c, func() {
 		_ = c.Close()
