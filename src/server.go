@@ -436,12 +436,18 @@ func routes(rpc, queue worker.Router, s *service) {
 		if _, err := in.toItem(); err != nil {
 			return err
 		}
-		tx, ok := db.TxFrom(ctx)
-		if !ok {
-			return errors.New("example-item.forward: no transaction on ctx (the route must be idempotent)")
+		forward := func(tx *db.Tx) error {
+			_, err := outbox.Publish(ctx, tx, "example-item.store-once", in)
+			return err
 		}
-		_, err := outbox.Publish(ctx, tx, "example-item.store-once", in)
-		return err
+		if tx, ok := db.TxFrom(ctx); ok {
+			return forward(tx)
+		}
+		// A message without a message id (the Python library sends none)
+		// passes the inbox without a transaction: open one, so the item
+		// still goes through the outbox (at least once; the inbox cannot
+		// tell its copies apart).
+		return s.database.InTx(ctx, forward)
 	}), s.inbox.Idempotent())
 }
 

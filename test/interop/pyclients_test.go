@@ -212,6 +212,24 @@ func TestPythonClientsToGoService(t *testing.T) {
 			}
 			return waitDeadLetter(amqpCh, "example-item.store.dlq", marker, 15*time.Second)
 		})
+		// The idempotent routes, from clients that send no message id: the
+		// inbox cannot deduplicate those, and still handles them.
+		check(t, prefix+"example-item.store-once publish (a row stored)", func() error {
+			s := testenv.Name("stored once by " + kind.name + " ")
+			if err := published(publish("example-item.store-once", map[string]any{"string": s, "integer": 3})); err != nil {
+				return err
+			}
+			return waitFor(10*time.Second, func() bool { return countRows(database, s) == 1 },
+				"no example_item row with string %q after 10 s", s)
+		})
+		check(t, prefix+"example-item.forward publish (through the outbox to store-once, a row stored)", func() error {
+			s := testenv.Name("forwarded by " + kind.name + " ")
+			if err := published(publish("example-item.forward", map[string]any{"string": s, "integer": 4})); err != nil {
+				return err
+			}
+			return waitFor(15*time.Second, func() bool { return countRows(database, s) == 1 },
+				"no example_item row with string %q 15 s after forwarding it", s)
+		})
 	}
 	check(t, "every route of the service's catalog is called above", func() error {
 		var missing []string
