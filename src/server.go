@@ -377,12 +377,24 @@ func routes(rpc, queue worker.Router, s *service) {
 		}
 		return s.items.AllByString(ctx, m)
 	}))
+	// Creating an item also announces it: the event item.created, recorded
+	// through the outbox in the insert's transaction, reaches every service
+	// subscribed to it (worker.NewEvents) once the row is committed, and
+	// never for a row that was not.
 	rpc.Handle("example-item.create", worker.Func(func(ctx context.Context, in newItem) (models.ExampleItem, error) {
 		item, err := in.toItem()
 		if err != nil {
 			return item, err
 		}
-		return s.items.Create(ctx, item)
+		var created models.ExampleItem
+		err = s.database.InTx(ctx, func(tx *db.Tx) error {
+			if created, err = s.items.In(tx).Create(ctx, item); err != nil {
+				return err
+			}
+			_, err = outbox.Event(ctx, tx, "item.created", created)
+			return err
+		})
+		return created, err
 	}))
 	rpc.Handle("example-item.read", worker.Func(func(ctx context.Context, id uuid.UUID) (models.ExampleItem, error) {
 		return s.items.Read(ctx, id)
