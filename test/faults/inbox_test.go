@@ -4,6 +4,7 @@ package faults
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,12 @@ import (
 // restarts while 20,000 confirmed messages are being consumed; every one
 // is stored, and none twice (the restart redelivers what was handled and
 // not yet acked; the inbox acks those without storing them again). Test 1
-// on the plain route shows the duplicates this removes.
+// on the plain route shows the duplicates this removes. Part of
+// `go tool task test:effects` (85 s here), not of the everyday suite.
 func TestBrokerRestartIdempotentRoute(t *testing.T) {
+	if os.Getenv(testenv.EffectsVar) != "1" {
+		t.Skip("runs in go tool task test:effects (a broker restart under 20,000 messages on the idempotent route)")
+	}
 	requireTool(t, "rabbitmqctl")
 	env := stack.NewEnv(t, bins)
 	p := stack.Start(t, bins, env)
