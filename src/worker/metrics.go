@@ -116,7 +116,7 @@ func (m *Metrics) Client() ClientOption {
 			return ctx, func(err error) {
 				took := time.Since(began).Seconds()
 				if op == "publish" {
-					if errors.Is(err, errNacked) {
+					if errors.Is(err, ErrNacked) {
 						m.nacks.WithLabelValues(route).Inc()
 					}
 					if err == nil {

@@ -113,7 +113,7 @@ func (s *pubSession) listen(confirms chan amqp.Confirmation, returns chan amqp.R
 			}
 			switch {
 			case !c.Ack:
-				pp.done <- errNacked
+				pp.done <- ErrNacked
 			case pp.returned != nil:
 				pp.done <- fmt.Errorf("%w (broker: %d %s)", ErrNoRoute, pp.returned.ReplyCode, pp.returned.ReplyText)
 			default:
@@ -139,7 +139,13 @@ func (s *pubSession) markReturned(r *amqp.Return) {
 	s.pendMu.Unlock()
 }
 
-var errNacked = errors.New("the broker refused the message (nack)")
+// ErrNacked is the error of a Publish (or a Call's request) the broker
+// refused with a nack: it did not take the message. A quorum queue nacks
+// while it has no leader (for a few seconds after its leader's node is
+// lost) and a queue with x-overflow reject-publish nacks when full; the
+// message may be published again (a nacked message is rarely stored all
+// the same, so the copy may be a duplicate, with the same message id).
+var ErrNacked = errors.New("the broker refused the message (nack)")
 
 // publish publishes msg to queue through the default exchange and returns
 // once the broker confirmed it. A msg without MessageId gets a unique one,

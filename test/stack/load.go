@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -21,7 +22,10 @@ import (
 // PublishTagged publishes n example-item.store messages with the strings
 // tag-0 ... tag-(n-1) from workers goroutines, each waiting for the broker's
 // confirm, and runs fault once (in the background) after the after-th
-// confirm. It returns how many were confirmed, once fault has returned too.
+// confirm. A message the broker nacks (not taken: a quorum queue without
+// a leader) is published again, as a producer would, and the count of
+// those is logged. It returns how many were confirmed, once fault has
+// returned too.
 func PublishTagged(t testing.TB, client *worker.Client, tag string, n, workers, after int, fault func()) (confirmed int) {
 	t.Helper()
 	return PublishTaggedTo(t, client, "example-item.store", tag, n, workers, after, fault)
@@ -31,7 +35,7 @@ func PublishTagged(t testing.TB, client *worker.Client, tag string, n, workers, 
 // messages (example-item.store-once, the idempotent one).
 func PublishTaggedTo(t testing.TB, client *worker.Client, route, tag string, n, workers, after int, fault func()) (confirmed int) {
 	t.Helper()
-	var next, ok atomic.Int64
+	var next, ok, nacked atomic.Int64
 	var once sync.Once
 	var wg, faultWG sync.WaitGroup
 	for range workers {
@@ -42,7 +46,17 @@ func PublishTaggedTo(t testing.TB, client *worker.Client, route, tag string, n, 
 					return
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-				err := client.Publish(ctx, route, map[string]any{"string": fmt.Sprintf("%s-%d", tag, i), "integer": 1})
+				var err error
+				for {
+					err = client.Publish(ctx, route, map[string]any{"string": fmt.Sprintf("%s-%d", tag, i), "integer": 1})
+					if !errors.Is(err, worker.ErrNacked) || ctx.Err() != nil {
+						break
+					}
+					// Not taken (a quorum queue electing a leader): a
+					// producer publishes it again.
+					nacked.Add(1)
+					time.Sleep(100 * time.Millisecond)
+				}
 				cancel()
 				if err != nil {
 					t.Errorf("publish %s-%d: %v", tag, i, err)
@@ -56,6 +70,9 @@ func PublishTaggedTo(t testing.TB, client *worker.Client, route, tag string, n, 
 	}
 	wg.Wait()
 	faultWG.Wait()
+	if nacked.Load() > 0 {
+		t.Logf("the broker nacked %d publishes to %s (not taken), and they were published again", nacked.Load(), route)
+	}
 	return int(ok.Load())
 }
 
