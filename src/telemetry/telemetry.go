@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -40,8 +41,10 @@ type Telemetry struct {
 // OTEL_TRACES_EXPORTER is otlp, and off when OTEL_SDK_DISABLED is true,
 // OTEL_TRACES_EXPORTER is none, or no exporter is configured (unlike the
 // specification's default of otlp: a service that nobody collects from
-// pays nothing). Spans go over OTLP/HTTP (protobuf), configured by the
-// exporter's own OTEL_EXPORTER_OTLP_* variables (headers, timeout,
+// pays nothing). Spans go over OTLP/HTTP (protobuf, the collector's port
+// 4318) or, with OTEL_EXPORTER_OTLP_PROTOCOL (or ..._TRACES_PROTOCOL) grpc,
+// over OTLP/gRPC (port 4317), configured by the exporter's own
+// OTEL_EXPORTER_OTLP_* variables (endpoint, insecure, headers, timeout,
 // compression, certificates); sampling by OTEL_TRACES_SAMPLER and
 // OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on); batching by
 // OTEL_BSP_*; the resource by OTEL_SERVICE_NAME (default service) and
@@ -57,9 +60,18 @@ func FromEnv(ctx context.Context, service string) (*Telemetry, error) {
 	if err != nil || !on {
 		return t, err
 	}
-	exp, err := otlptracehttp.New(ctx)
+	proto, err := protocol()
 	if err != nil {
-		return nil, fmt.Errorf("set up the OTLP/HTTP trace exporter from OTEL_EXPORTER_OTLP_*: %w", err)
+		return nil, err
+	}
+	var exp sdktrace.SpanExporter
+	if proto == "grpc" {
+		exp, err = otlptracegrpc.New(ctx)
+	} else {
+		exp, err = otlptracehttp.New(ctx)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("set up the OTLP trace exporter (%s) from OTEL_EXPORTER_OTLP_*: %w", proto, err)
 	}
 	res, err := resource.New(ctx,
 		resource.WithAttributes(attribute.String("service.name", service)),
@@ -94,13 +106,8 @@ func tracingWanted() (bool, error) {
 	default:
 		return false, fmt.Errorf("OTEL_SDK_DISABLED=%q: want true or false", v)
 	}
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
-		if v := os.Getenv(name); v != "" {
-			if v != "http/protobuf" {
-				return false, fmt.Errorf("%s=%q: this service exports OTLP over http/protobuf only; set it to http/protobuf (the collector's port 4318) or unset it", name, v)
-			}
-			break
-		}
+	if _, err := protocol(); err != nil {
+		return false, err
 	}
 	switch v := strings.TrimSpace(os.Getenv("OTEL_TRACES_EXPORTER")); v {
 	case "none":
@@ -112,4 +119,20 @@ func tracingWanted() (bool, error) {
 	default:
 		return false, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: want otlp or none", v)
 	}
+}
+
+// protocol reads the OTLP transport of traces: http/protobuf (the
+// specification's default) or grpc. The traces-specific variable wins.
+func protocol() (string, error) {
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
+		switch v := strings.TrimSpace(os.Getenv(name)); v {
+		case "":
+			continue
+		case "http/protobuf", "grpc":
+			return v, nil
+		default:
+			return "", fmt.Errorf("%s=%q: want http/protobuf (the collector's port 4318) or grpc (port 4317); OpenTelemetry's Go SDK has no http/json exporter", name, v)
+		}
+	}
+	return "http/protobuf", nil
 }

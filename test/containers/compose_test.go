@@ -92,7 +92,11 @@ func composeStack(t *testing.T, e *engine, p *project) {
 		t.Logf("docker compose logs:\n%s", tail(s.logs(t, ""), 60))
 		return
 	}
-	s.checkHealthy(t)
+	step(t, "compose: every service healthy (compose ps)", func() { s.checkHealthy(t) })
+	if t.Failed() {
+		t.Logf("docker compose logs:\n%s", tail(s.logs(t, ""), 60))
+		return
+	}
 	broker := worker.Config{Host: "127.0.0.1", Port: s.amqp, User: "service", Password: "service", VHost: "service"}
 	step(t, "compose: app answers hello_world (Air's first build)", func() {
 		waitHello(t, broker, "Hello world!", 5*time.Minute)
@@ -186,7 +190,9 @@ func (s *stack) checkHealthy(t *testing.T) {
 	for _, r := range rows {
 		seen[r.Service] = r.State + "/" + r.Health
 	}
-	for svc, want := range map[string]string{"rabbitmq": "running/healthy", "postgres": "running/healthy", "app": "running/"} {
+	// The app's health check is `service healthcheck` (readiness: every
+	// route consuming, the database answering); up --wait waited for it.
+	for svc, want := range map[string]string{"rabbitmq": "running/healthy", "postgres": "running/healthy", "app": "running/healthy"} {
 		if seen[svc] != want {
 			t.Errorf("compose ps: %s is %q, want %q (all: %v)", svc, seen[svc], want, seen)
 		}
