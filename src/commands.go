@@ -19,7 +19,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"example.com/service/src/runner"
+	"example.com/service/src/telemetry"
 	"example.com/service/src/worker"
 )
 
@@ -132,13 +135,36 @@ func callOrPublish(cfg config, cmd string, args []string, stdin io.Reader, out i
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	// With OTEL_* set as for the service, the command is traced too: a
+	// span "service call ROUTE" around the Client's, whose trace id goes to
+	// stderr, to look the call up in the tracing backend.
+	tel, err := telemetry.FromEnv(ctx, "service-cli")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "service %s %s: %v\n", cmd, route, err)
+		return 2
+	}
+	var opts []worker.ClientOption
+	if tel.Tracing {
+		opts = append(opts, worker.WithTracing(tel.TracerProvider, tel.Propagator))
+		var span trace.Span
+		ctx, span = tel.TracerProvider.Tracer("example.com/service/src").Start(ctx, "service "+cmd+" "+route)
+		fmt.Fprintf(os.Stderr, "trace %s\n", span.SpanContext().TraceID())
+		defer func() {
+			span.End()
+			flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tel.Shutdown(flush); err != nil {
+				fmt.Fprintf(os.Stderr, "service %s: %v\n", cmd, err)
+			}
+		}()
+	}
 	conn, err := worker.Dial(ctx, cfg.Broker, worker.WithName("service "+cmd), worker.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "service %s %s: %v\n", cmd, route, err)
 		return 1
 	}
 	defer conn.Close()
-	client := worker.NewClient(conn)
+	client := worker.NewClient(conn, opts...)
 	defer client.Close()
 
 	if cmd == "publish" {

@@ -290,7 +290,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	inbox := outbox.NewInbox(database, cfg.Inbox) // the idempotent routes' record; prunes itself while running
 	// The outbox relay publishes what handlers recorded with outbox.Add in
 	// their transactions, after commit, with confirms.
-	client := worker.NewClient(broker, worker.WithLogger(log))
+	clientOpts := []worker.ClientOption{worker.WithLogger(log)}
+	if tel.Tracing { // a send span in the trace of the handler that recorded the message
+		clientOpts = append(clientOpts, worker.WithTracing(tel.TracerProvider, tel.Propagator))
+	}
+	client := worker.NewClient(broker, clientOpts...)
 	defer client.Close()
 	cfg.Relay.Logger = log
 	relay := outbox.NewRelay(database, client, cfg.Relay)

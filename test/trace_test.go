@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -218,7 +220,35 @@ func TestTrace(t *testing.T) {
 				t.Errorf("SQL span attribute %s holds the statement's argument: %v", kv.Key, kv.Value)
 			}
 		}
+		// example-item.create records item.created in the outbox; the
+		// relay publishes it later, in this trace.
+		otlp.span(t, id, "send item.created", route.SpanId)
 		t.Logf("trace %s:\n%s", id, tree(exp, otlp, id))
+	})
+
+	t.Run("service call from the shell", func(t *testing.T) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(cctx, bins.Service, "call", "example-item.create", `{"string": "from the shell `+testenv.Name("")+`", "integer": 3}`)
+		cmd.Env = append(os.Environ(), "BROKER_URL=", "DB_URL=", "BROKER_VHOST="+env.VHost,
+			"OTEL_EXPORTER_OTLP_ENDPOINT="+otlp.URL, "OTEL_SERVICE_NAME=e2e-cli")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if out, err := cmd.Output(); err != nil {
+			t.Fatalf("service call: %v\n%s%s", err, out, stderr.String())
+		}
+		hexID, ok := strings.CutPrefix(strings.TrimSpace(stderr.String()), "trace ")
+		id, err := trace.TraceIDFromHex(hexID)
+		if !ok || err != nil {
+			t.Fatalf("service call printed %q on stderr, want \"trace <trace id>\"", stderr.String())
+		}
+		root := otlp.span(t, id, "service call example-item.create", nil)
+		if got := otlp.names[hex.EncodeToString(root.SpanId)]; got != "e2e-cli" {
+			t.Errorf("the command's span has service.name %q, want e2e-cli", got)
+		}
+		send := otlp.span(t, id, "send example-item.create", root.SpanId)
+		route := otlp.span(t, id, "process example-item.create", send.SpanId)
+		otlp.span(t, id, "INSERT example_item", route.SpanId)
 	})
 
 	t.Run("through a queue route", func(t *testing.T) {

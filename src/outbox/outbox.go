@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/stdlib"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"example.com/service/src/db"
 	"example.com/service/src/worker"
@@ -28,7 +30,10 @@ const NotifyChannel = "outbox"
 // valid JSON. The relay publishes m as [worker.Client.PublishMessage]
 // does: to a queue route when m.Exchange is "", else to the exchange with
 // m.RoutingKey (an event). Messages of one transaction, and of different
-// ones, may be published in any order.
+// ones, may be published in any order. When ctx carries a span (a traced
+// handler's), Add records its W3C trace context in the message's headers
+// (traceparent, tracestate), so the relay's publish and whoever consumes
+// the message join the handler's trace.
 func Add(ctx context.Context, tx *db.Tx, m worker.Message) (string, error) {
 	if tx == nil {
 		return "", fmt.Errorf("record message to exchange %q with key %q in the outbox: no transaction (use db.Client.InTx, or db.TxFrom on an idempotent route)", m.Exchange, m.RoutingKey)
@@ -45,6 +50,18 @@ func Add(ctx context.Context, tx *db.Tx, m worker.Message) (string, error) {
 	}
 	if !json.Valid(data) {
 		return "", fmt.Errorf("record message %q to exchange %q with key %q in the outbox: data is not valid JSON", m.MessageID, m.Exchange, m.RoutingKey)
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		// The trace goes on when the relay publishes (a traced Client
+		// makes its send span a child of this one).
+		h := make(map[string]any, len(m.Headers)+2)
+		for k, v := range m.Headers {
+			h[k] = v
+		}
+		if _, own := h["traceparent"]; !own {
+			propagation.TraceContext{}.Inject(ctx, worker.Carrier(h))
+		}
+		m.Headers = h
 	}
 	var headers []byte
 	if len(m.Headers) > 0 {

@@ -191,7 +191,7 @@ type eventPublisher struct {
 // first PublishEvent of a Client declares the exchange. As with Publish, a
 // connection lost before the confirm makes it publish again, so a
 // subscriber may see an event twice (the same message_id).
-func (c *Client) PublishEvent(ctx context.Context, name string, data any) error {
+func (c *Client) PublishEvent(ctx context.Context, name string, data any) (err error) {
 	if err := checkTopic(name, false); err != nil {
 		return fmt.Errorf("publish event: %w", err)
 	}
@@ -204,12 +204,13 @@ func (c *Client) PublishEvent(ctx context.Context, name string, data any) error 
 		return fmt.Errorf("publish event %q: %w", name, err)
 	}
 	body, ct := c.encoding.encode(body)
-	err = c.pub.publishTo(ctx, exchange, name, false, amqp.Publishing{
-		ContentType:  ct,
-		DeliveryMode: amqp.Persistent,
-		Body:         body,
-	})
-	if err != nil {
+	msg := amqp.Publishing{ContentType: ct, DeliveryMode: amqp.Persistent, Body: body}
+	for _, hook := range c.opts.sends { // WithTracing, Metrics.Client
+		var end func(error)
+		ctx, end = hook(ctx, "publish", name, &msg)
+		defer func() { end(err) }()
+	}
+	if err = c.pub.publishTo(ctx, exchange, name, false, msg); err != nil {
 		return fmt.Errorf("publish event %q to exchange %q: %w", name, exchange, err)
 	}
 	return nil

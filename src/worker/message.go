@@ -33,8 +33,11 @@ type Message struct {
 // default [DefaultEventExchange]) m is an event named m.RoutingKey, as
 // [Client.PublishEvent] sends it, and the exchange is declared first. When
 // the connection drops before the confirm it is sent again once
-// reconnected, with the same message id.
-func (c *Client) PublishMessage(ctx context.Context, m Message) error {
+// reconnected, with the same message id. With [WithTracing] the publish
+// is a span whose parent is ctx's span or, when ctx has none (a relay
+// publishing later), the trace context in m.Headers (traceparent, as
+// outbox.Add records it).
+func (c *Client) PublishMessage(ctx context.Context, m Message) (err error) {
 	data := m.Data
 	if data == nil {
 		data = json.RawMessage("null")
@@ -63,6 +66,11 @@ func (c *Client) PublishMessage(ctx context.Context, m Message) error {
 		if err := c.declareEvents(ctx, m.Exchange); err != nil {
 			return fmt.Errorf("publish message %q as event %q: %w", m.MessageID, m.RoutingKey, err)
 		}
+	}
+	for _, hook := range c.opts.sends { // WithTracing (a parent from m's trace headers), Metrics.Client
+		var end func(error)
+		ctx, end = hook(ctx, "publish", m.RoutingKey, &pub)
+		defer func() { end(err) }()
 	}
 	return c.pub.publishTo(ctx, m.Exchange, m.RoutingKey, m.Exchange == "", pub)
 }

@@ -183,8 +183,9 @@ func kindOf(ctx context.Context) kind {
 	return kindRPC
 }
 
-// WithTracing makes a Client trace its Calls and Publishes: each runs in a
-// span ("send ROUTE", kind client for a Call, producer for a Publish),
+// WithTracing makes a Client trace its Calls and Publishes (PublishEvent and
+// PublishMessage too): each runs in a span ("send ROUTE", kind client for a
+// Call, producer for a publish; ROUTE is the event's name for an event),
 // child of the span in its ctx, whose context travels in the message's
 // headers (W3C traceparent and tracestate through prop) to the worker's
 // [Trace] middleware. nil tp and prop mean OpenTelemetry's global ones.
@@ -202,6 +203,10 @@ func WithTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) Cl
 			kind := trace.SpanKindProducer
 			if op == "call" {
 				kind = trace.SpanKindClient
+			}
+			if msg.Headers != nil && !trace.SpanContextFromContext(ctx).IsValid() {
+				// Sent later for someone else (an outbox row): its recorded trace context.
+				ctx = prop.Extract(ctx, Carrier(msg.Headers))
 			}
 			ctx, span := tracer.Start(ctx, "send "+route, trace.WithSpanKind(kind),
 				trace.WithAttributes(

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"example.com/service/src/telemetry"
+	"example.com/service/src/testenv"
 	"example.com/service/src/worker"
 )
 
@@ -338,4 +339,43 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestTraceEvent: PublishEvent runs in a producer span "send EVENT" whose
+// context reaches the subscriber's process span.
+func TestTraceEvent(t *testing.T) {
+	requireBroker(t)
+	tp, exp, prop := tracing(t)
+	service := testenv.Name("trace-events-")
+	exchange := eventExchange(t, []string{"item.*"}, service)
+	conn := dial(t, "")
+	ev := worker.NewEvents(conn, service, worker.WithEventExchange(exchange))
+	ev.Use(worker.Trace(tp, prop))
+	ev.HandleFunc("item.*", func(context.Context, *worker.Request) ([]byte, error) { return nil, nil })
+	start(t, ev)
+	c := worker.NewClient(conn, worker.WithEventExchange(exchange), worker.WithTracing(tp, prop))
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.PublishEvent(ctx, "item.created", map[string]int{"id": 1}); err != nil {
+		t.Fatal(err)
+	}
+	send := spanNamed(t, exp, "send item.created")
+	if send.SpanKind != trace.SpanKindProducer {
+		t.Errorf("event span kind %v, want producer", send.SpanKind)
+	}
+	var process tracetest.SpanStub
+	eventually(t, "the subscriber's process span", func() bool {
+		for _, s := range exp.GetSpans() {
+			if strings.HasPrefix(s.Name, "process ") {
+				process = s
+				return true
+			}
+		}
+		return false
+	})
+	if process.Parent.SpanID() != send.SpanContext.SpanID() || process.SpanContext.TraceID() != send.SpanContext.TraceID() {
+		t.Errorf("span %q's parent %v, want the event's send span %v", process.Name, process.Parent, send.SpanContext)
+	}
+	wantAttr(t, process, worker.AttrOutcome, worker.OutcomeAcked)
 }

@@ -188,9 +188,12 @@ func (e Env) Client(t testing.TB) *worker.Client {
 // with the URL forms of the settings blanked. BROKER_URL and DB_URL would
 // override the per-test vhost and database, and `manage sync --noprompt`
 // would then change a real database; the tests, like testenv, go by the
-// host, port, user and password variables alone.
+// host, port, user and password variables alone. METRICS_ADDR is blanked
+// too: the devcontainer sets it (:9464) for the service `task dev` runs,
+// and every test's service would try to listen there; the tests that
+// scrape metrics give their service a port of its own.
 func childEnv() []string {
-	return append(os.Environ(), "BROKER_URL=", "DB_URL=")
+	return append(os.Environ(), "BROKER_URL=", "DB_URL=", "METRICS_ADDR=")
 }
 
 // Process is a running service.
