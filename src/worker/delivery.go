@@ -16,7 +16,9 @@ import (
 //	serve      counts it running, then
 //	admit      refuses what must never run
 //	decode     reads the body once into a Request
-//	pipeline   the middleware and the route's handler (middleware.go)
+//	pipeline   the middleware and the route's handler (middleware.go);
+//	           refuse, for what admit or decode refused: the Use
+//	           middleware alone (tracing and metrics see it too)
 //	reply      RPC: the reply envelope to reply_to, then the ack
 //	settle     queue: the ack, a requeue, or the dead letter (deadletter.go)
 //
@@ -34,6 +36,8 @@ func (c *consumer) serve(ack *acker, d *amqp.Delivery) {
 	var out []byte
 	if err == nil {
 		out, err = c.pipeline.Serve(s.base, req)
+	} else {
+		err = c.refuse(req, err)
 	}
 	if s.kind == kindRPC {
 		c.reply(ack, d, out, gz, err)
@@ -52,7 +56,8 @@ func (c *consumer) admit(ack *acker, d *amqp.Delivery) bool {
 	s := c.s
 	if s.kind == kindQueue {
 		if why, ok := d.Headers[HeaderBodyRefused].(string); ok {
-			s.logFailure(c.route, "message rejected to the dead-letter queue", s.describe(badRequest("%s", why)), "message_id", d.MessageId)
+			err := c.refuse(c.request(d), badRequest("%s", why))
+			s.logFailure(c.route, "message rejected to the dead-letter queue", s.describe(err), "message_id", d.MessageId)
 			ack.reject(d.DeliveryTag)
 			return false
 		}
@@ -60,8 +65,10 @@ func (c *consumer) admit(ack *acker, d *amqp.Delivery) bool {
 	}
 	switch {
 	case isReply(d):
+		_ = c.refuse(c.request(d), fmt.Errorf("%w: a reply (AMQP type %q) arrived as a request", errRefused, d.Type))
 		s.logRefused(c.route, "a reply arrived as a request; not run", "type", d.Type, "correlation_id", d.CorrelationId)
 	case d.ReplyTo != "" && !s.opts.replyTo(d.ReplyTo):
+		_ = c.refuse(c.request(d), fmt.Errorf("%w: its reply_to is not a reply queue", errRefused))
 		s.logRefused(c.route, "request refused: its reply_to is not a reply queue (direct reply-to or a server-named queue); not run",
 			"reply_to", truncate(d.ReplyTo, 100), "correlation_id", d.CorrelationId)
 	default:
@@ -71,15 +78,42 @@ func (c *consumer) admit(ack *acker, d *amqp.Delivery) bool {
 	return false
 }
 
-// decode reads d once into the Request the pipeline gets. Every error is a
-// BadRequest saying what is wrong with the message; the Request is
-// returned with it (attempt 0), for the dead letter.
-func (c *consumer) decode(d *amqp.Delivery) (req *Request, gz bool, err error) {
-	req = &Request{
+// errRefused marks an RPC request that is neither run nor answered (see
+// admit): its outcome is OutcomeRefused.
+var errRefused = errors.New("request refused")
+
+// refuse passes a delivery that does not reach its route's handler through
+// the worker's Use middleware (tracing, metrics) with err as the handler's
+// result, so that those see it as they see every other delivery, and
+// returns what they return (err, unless one of them changed it).
+func (c *consumer) refuse(req *Request, err error) error {
+	_, err = c.refusal.Serve(context.WithValue(c.s.base, refusalKey{}, err), req)
+	return err
+}
+
+// refusal is the handler under the Use middleware in refuse: it returns
+// the error refuse was given.
+var refusal = HandlerFunc(func(ctx context.Context, _ *Request) ([]byte, error) {
+	err, _ := ctx.Value(refusalKey{}).(error)
+	return nil, err
+})
+
+type refusalKey struct{}
+
+// request is the Request of d but for its data, which decode reads.
+func (c *consumer) request(d *amqp.Delivery) *Request {
+	return &Request{
 		Route: c.route, Deadline: deadlineOf(d), Event: c.eventOf(d),
 		Headers: d.Headers, MessageID: d.MessageId, CorrelationID: d.CorrelationId, AppID: d.AppId,
 		Timestamp: d.Timestamp, Redelivered: d.Redelivered,
 	}
+}
+
+// decode reads d once into the Request the pipeline gets. Every error is a
+// BadRequest saying what is wrong with the message; the Request is
+// returned with it (attempt 0), for the dead letter.
+func (c *consumer) decode(d *amqp.Delivery) (req *Request, gz bool, err error) {
+	req = c.request(d)
 	for _, h := range []string{HeaderBodyRefused, HeaderHeadersRefused} {
 		if why, ok := d.Headers[h].(string); ok { // the guard could not hand it on whole
 			return req, false, badRequest("%s", why)

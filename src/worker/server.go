@@ -155,7 +155,7 @@ func (s *server) start(ctx context.Context) error {
 	}
 	for _, name := range s.order {
 		r := s.routes[name]
-		c := &consumer{s: s, route: name, pipeline: s.pipeline(r.h, r.mws), queues: s.queues.forRoute(name)}
+		c := &consumer{s: s, route: name, pipeline: s.pipeline(r.h, r.mws), refusal: chain(refusal, s.use), queues: s.queues.forRoute(name)}
 		d, err := c.setup(ctx)
 		if err != nil {
 			return abort(fmt.Errorf("start %s worker: %w", s.kind, err))
@@ -271,6 +271,7 @@ type consumer struct {
 	s        *server
 	route    string
 	pipeline Handler       // the route's handler in its middleware
+	refusal  Handler       // the Use middleware alone, for deliveries that never reach the handler (see refuse)
 	queues   queueSettings // how the route's queues are declared
 
 	mu  sync.Mutex
@@ -468,8 +469,11 @@ func (r *RPC) HandleFunc(route string, f func(ctx context.Context, req *Request)
 }
 
 // Use adds middleware around every route, the first outermost, outside the
-// worker's own (see [Middleware]): it runs once per delivery. It panics
-// after Start.
+// worker's own (see [Middleware]): it runs once per delivery, also for a
+// delivery refused before its handler (a body that does not decode, a reply
+// sent as a request), where its next returns the refusal's error at once
+// and req.Data is nil; tracing and metrics see those too. It panics after
+// Start.
 func (r *RPC) Use(mws ...Middleware) { r.s.useMiddleware(mws) }
 
 // Start declares the routes' queues and starts consuming them. It returns
@@ -518,7 +522,8 @@ func (q *Queue) HandleFunc(route string, f func(ctx context.Context, req *Reques
 }
 
 // Use adds middleware around every route, outside the worker's own and so
-// outside its retries: it runs once per delivery. It panics after Start.
+// outside its retries: it runs once per delivery, also for a message
+// refused before its handler (see [RPC.Use]). It panics after Start.
 func (q *Queue) Use(mws ...Middleware) { q.s.useMiddleware(mws) }
 
 // Start declares the routes' queues and dead-letter queues and starts

@@ -44,6 +44,7 @@ const (
 	OutcomeRetrying     = "retrying"      // queue: failed; waits in a retry queue of the broker (Retry.InBroker)
 	OutcomeRequeued     = "requeued"      // queue: stopped while waiting to retry; back in its queue
 	OutcomeExpired      = "expired"       // the caller's deadline passed before it ran; not run
+	OutcomeRefused      = "refused"       // RPC: neither run nor answered (a reply sent as a request, a reply_to that is not a reply queue)
 )
 
 // Semantic-convention attribute keys (messaging, v1.26 and later).
@@ -129,7 +130,7 @@ func Trace(tp trace.TracerProvider, prop propagation.TextMapPropagator) Middlewa
 				if id != "" {
 					span.SetAttributes(AttrErrorID.String(id))
 				}
-				if outcome == OutcomeError || outcome == OutcomeDeadLettered || outcome == OutcomeRetrying {
+				if outcome == OutcomeError || outcome == OutcomeDeadLettered || outcome == OutcomeRetrying || outcome == OutcomeRefused {
 					span.SetStatus(codes.Error, typ)
 				}
 			}
@@ -154,6 +155,8 @@ func classify(ctx context.Context, req *Request, err error) (what, typ, id strin
 		return OutcomeExpired, "Expired", ""
 	case errors.Is(err, errRequeue):
 		return OutcomeRequeued, "Requeued", ""
+	case errors.Is(err, errRefused):
+		return OutcomeRefused, "Refused", ""
 	case errors.As(err, &o):
 		typ, id = o.Type, o.ID
 	default: // a Use middleware inside this one failed on its own

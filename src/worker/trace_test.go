@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -378,4 +380,108 @@ func TestTraceEvent(t *testing.T) {
 		t.Errorf("span %q's parent %v, want the event's send span %v", process.Name, process.Parent, send.SpanContext)
 	}
 	wantAttr(t, process, worker.AttrOutcome, worker.OutcomeAcked)
+}
+
+// TestTraceRefused: deliveries refused before their handler pass through
+// the Use middleware all the same: an RPC request whose body is not JSON
+// (answered BadRequest), a reply sent as a request (neither run nor
+// answered: refused) and a queue message that does not decode
+// (dead-lettered) each get their process span and are counted by outcome.
+func TestTraceRefused(t *testing.T) {
+	requireBroker(t)
+	tp, exp, prop := tracing(t)
+	reg := prometheus.NewRegistry()
+	metrics, err := worker.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := dial(t, "")
+	rpcRoute, queueRoute := route(t, "trace-refused"), route(t, "trace-refused-q")
+	var ran atomic.Int32
+	rpc := worker.NewRPC(conn)
+	rpc.Use(worker.Trace(tp, prop), metrics.Middleware())
+	rpc.Handle(rpcRoute, worker.Func(func(context.Context, string) (string, error) { ran.Add(1); return "", nil }))
+	start(t, rpc)
+	queue := worker.NewQueue(conn)
+	queue.Use(worker.Trace(tp, prop), metrics.Middleware())
+	queue.Handle(queueRoute, worker.Job(func(context.Context, string) error { ran.Add(1); return nil }))
+	start(t, queue)
+
+	ch := raw(t)
+	publish := func(route string, m amqp.Publishing) {
+		t.Helper()
+		if err := ch.Publish("", route, false, false, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	span := func(id string) tracetest.SpanStub {
+		t.Helper()
+		var found tracetest.SpanStub
+		eventually(t, "the span of message "+id, func() bool {
+			for _, s := range exp.GetSpans() {
+				if attrs(s)["messaging.message.id"].AsString() == id {
+					found = s
+					return true
+				}
+			}
+			return false
+		})
+		return found
+	}
+	replies, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(rpcRoute, amqp.Publishing{ContentType: "application/json", ReplyTo: replies.Name, MessageId: "not-json", Body: []byte(`{"data": no`)})
+	publish(rpcRoute, amqp.Publishing{Type: "result", MessageId: "a-reply", Body: []byte(`{"success": true, "data": 1}`)})
+	publish(queueRoute, amqp.Publishing{ContentEncoding: "gzip", MessageId: "not-gzip", Body: []byte(`{"data": "x"}`)})
+
+	for _, c := range []struct{ id, outcome, typ string }{
+		{"not-json", worker.OutcomeError, "BadRequest"},
+		{"a-reply", worker.OutcomeRefused, "Refused"},
+		{"not-gzip", worker.OutcomeDeadLettered, "BadRequest"},
+	} {
+		s := span(c.id)
+		wantAttr(t, s, worker.AttrOutcome, c.outcome)
+		wantAttr(t, s, "error.type", c.typ)
+		if s.Status.Code != codes.Error {
+			t.Errorf("span of %s: status %v, want an error", c.id, s.Status)
+		}
+	}
+	if n := ran.Load(); n != 0 {
+		t.Errorf("the handlers ran %d times, want 0", n)
+	}
+	for _, c := range []struct{ kind, route, outcome string }{
+		{"rpc", rpcRoute, worker.OutcomeError},
+		{"rpc", rpcRoute, worker.OutcomeRefused},
+		{"queue", queueRoute, worker.OutcomeDeadLettered},
+	} {
+		if got := requests(t, reg, c.kind, c.route, c.outcome); got != 1 {
+			t.Errorf("requests{kind=%s,route=%s,outcome=%s} = %v, want 1", c.kind, c.route, c.outcome, got)
+		}
+	}
+}
+
+// requests reads the counter of deliveries by kind, route and outcome.
+func requests(t *testing.T, reg *prometheus.Registry, kind, route, outcome string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if !strings.HasSuffix(f.GetName(), "requests_total") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["kind"] == kind && labels["route"] == route && labels["outcome"] == outcome {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
