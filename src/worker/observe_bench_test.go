@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -26,19 +27,36 @@ func (discard) Shutdown(context.Context) error                             { ret
 // tracing (the SDK, every span sampled and batched to an exporter) and
 // metrics on, next to the same calls with both off, in alternating rounds
 // of the same run. ratio is on/off (the goal is >= 0.95).
+//
+// deadline=no calls with a ctx without deadline: the off calls carry no
+// AMQP headers at all, the traced ones a traceparent header, so the ratio
+// includes what a headers table costs the broker (BenchmarkTraceHeader).
+// deadline=yes calls as a gateway does, with a timeout: both carry the
+// deadline header, and tracing adds a field to the table.
 func BenchmarkRPCObserved(b *testing.B) {
 	quiet(b)
 	requireBroker(b)
-	for _, conc := range []int{1, 64} {
-		for _, on := range []string{"tracing+metrics", "tracing", "metrics"} {
-			b.Run(fmt.Sprintf("concurrency=%d/on=%s", conc, on), func(b *testing.B) {
-				benchObserved(b, conc, strings.Contains(on, "tracing"), strings.Contains(on, "metrics"))
-			})
+	for _, deadline := range []bool{false, true} {
+		for _, conc := range []int{1, 64} {
+			// on=none is the control: both sides off, so its ratio is the
+			// benchmark's own noise and bias.
+			for _, on := range []string{"tracing+metrics", "tracing", "metrics", "none"} {
+				b.Run(fmt.Sprintf("deadline=%s/concurrency=%d/on=%s", yesNo(deadline), conc, on), func(b *testing.B) {
+					benchObserved(b, conc, deadline, strings.Contains(on, "tracing"), strings.Contains(on, "metrics"))
+				})
+			}
 		}
 	}
 }
 
-func benchObserved(b *testing.B, conc int, tracing, metered bool) {
+func yesNo(v bool) string {
+	if v {
+		return "yes"
+	}
+	return "no"
+}
+
+func benchObserved(b *testing.B, conc int, deadline, tracing, metered bool) {
 	offQ, onQ := route(b, "bench-off"), route(b, "bench-on")
 	echo := worker.Func(func(_ context.Context, in json.RawMessage) (json.RawMessage, error) { return in, nil })
 
@@ -71,9 +89,14 @@ func benchObserved(b *testing.B, conc int, tracing, metered bool) {
 	offC := worker.NewClient(cconn, worker.WithEncoding(worker.JSON))
 	onC := worker.NewClient(cconn, append(opts, worker.WithEncoding(worker.JSON))...)
 	b.Cleanup(func() { _ = offC.Close(); _ = onC.Close() })
-	ctx := context.Background()
 	call := func(c *worker.Client, q string) func() error {
 		return func() error {
+			ctx := context.Background()
+			if deadline {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+			}
 			var out json.RawMessage
 			return c.Call(ctx, q, benchPayload, &out)
 		}
