@@ -85,9 +85,13 @@ var errRefused = errors.New("request refused")
 // refuse passes a delivery that does not reach its route's handler through
 // the worker's Use middleware (tracing, metrics) with err as the handler's
 // result, so that those see it as they see every other delivery, and
-// returns what they return (err, unless one of them changed it).
+// returns the error they return: err, or another one if a middleware
+// replaced it. A middleware cannot turn a refusal into a success: when
+// they return nil, refuse returns err.
 func (c *consumer) refuse(req *Request, err error) error {
-	_, err = c.refusal.Serve(context.WithValue(c.s.base, refusalKey{}, err), req)
+	if _, got := c.refusal.Serve(context.WithValue(c.s.base, refusalKey{}, err), req); got != nil {
+		return got
+	}
 	return err
 }
 
