@@ -18,8 +18,10 @@ func TestLockFileWaitsNamesHolderAndIsNotInherited(t *testing.T) {
 		t.Skipf("flock(1) is needed to hold the lock from another process: %v", err)
 	}
 	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+	// The shell opens the file, flock(1) locks it, then the shell becomes
+	// `sleep 30`: once the file's holder is named so, the lock is held.
 	deadline := time.Now().Add(10 * time.Second)
-	for lockHolders(path) == "unknown processes" && time.Now().Before(deadline) {
+	for !strings.Contains(lockHolders(path), "sleep 30") && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
