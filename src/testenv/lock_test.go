@@ -1,9 +1,11 @@
 package testenv
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -18,10 +20,21 @@ func TestLockFileWaitsNamesHolderAndIsNotInherited(t *testing.T) {
 		t.Skipf("flock(1) is needed to hold the lock from another process: %v", err)
 	}
 	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
-	// The shell opens the file, flock(1) locks it, then the shell becomes
-	// `sleep 30`: once the file's holder is named so, the lock is held.
+	// Wait until flock(1) has locked it: a lock of our own is refused.
+	held := func() bool {
+		f, err := os.Open(path)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+			return false
+		}
+		return true
+	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(lockHolders(path), "sleep 30") && time.Now().Before(deadline) {
+	for !held() && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
