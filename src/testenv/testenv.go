@@ -198,6 +198,19 @@ func dialTCP(what, addr, hint string) error {
 // messages, 200 kill runs) instead of the everyday suite's smaller ones.
 const EffectsVar = "TEST_EFFECTS_FULL"
 
+// MemoryVar names the variable that `go tool task test:memory` sets to 1:
+// the hostile-input tests that hold gigabytes of messages in the broker
+// (bursts of 10 MB messages, 100 MiB messages, gzip bombs) run only then.
+const MemoryVar = "TEST_MEMORY"
+
+// RequireMemoryRun skips tb outside `go tool task test:memory`, saying so.
+func RequireMemoryRun(tb testing.TB) {
+	tb.Helper()
+	if os.Getenv(MemoryVar) != "1" {
+		tb.Skip("runs in go tool task test:memory (CI runs it after the everyday suite): it puts gigabytes of messages through the broker")
+	}
+}
+
 // Count is the size of a test's load: the integer in the environment
 // variable key when set (a bad value fails tb, naming it), else full under
 // test:effects (EffectsVar=1), else everyday.

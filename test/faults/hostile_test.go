@@ -198,6 +198,7 @@ func TestHostileDeepHeaders(t *testing.T) {
 // 4. A burst of 200 messages of 10 MB each: memory is bounded in bytes, not
 // in messages.
 func TestHostileBurstOfBigMessages(t *testing.T) {
+	testenv.RequireMemoryRun(t)
 	a := newArena(t)
 	body := []byte(`{"data": "` + strings.Repeat("b", 10_000_000) + `"}`)
 	start := time.Now()
@@ -224,6 +225,7 @@ const memoryBound = 400
 // 5. Messages of 100 MiB (the broker accepts up to 128 MiB by default): far
 // over the 16 MiB limit, they must not even be read into memory.
 func TestHostileHugeMessages(t *testing.T) {
+	testenv.RequireMemoryRun(t)
 	a := newArena(t)
 	huge := []byte(`{"data": "` + strings.Repeat("h", 100<<20) + `"}`)
 	var answered, badRequest atomic.Int64
@@ -264,6 +266,7 @@ func TestHostileHugeMessages(t *testing.T) {
 // 6. A queue full of gzip bombs before the service starts: start after start
 // must come up, dead-letter them all and stay within its memory.
 func TestHostileGzipBombsBeforeStart(t *testing.T) {
+	testenv.RequireMemoryRun(t)
 	env := stack.NewEnv(t, bins)
 	bomb := stack.Gzip([]byte(`{"data": {"string": "` + strings.Repeat("0", 200<<20) + `"}}`)) // 200 MiB inflated
 	pub := newConfirmPublisher(t, env)
