@@ -22,19 +22,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkQueueRoute -benchtime 5000x ./src/outbox/
 func BenchmarkQueueRoute(b *testing.B) {
-	testenv.RequireBroker(b)
-	url, drop := scratchDB(`CREATE TABLE effect (n int NOT NULL)`)
-	b.Cleanup(drop)
-	c, err := openDB(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = c.Close() })
-	conn, err := dialBroker(testenv.Name("outbox-bench-"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = conn.Close() })
+	_, c, conn := setUp(b, "outbox-bench-", `CREATE TABLE effect (n int NOT NULL)`)
 	client := worker.NewClient(conn)
 	b.Cleanup(func() { _ = client.Close() })
 	inbox := outbox.NewInbox(c, outbox.InboxConfig{})

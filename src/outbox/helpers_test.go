@@ -131,3 +131,23 @@ func rawExchangeDelete(name string) error {
 	}
 	return ch.ExchangeDelete(name, false, false)
 }
+
+// setUp makes what most tests here need: a scratch database with the
+// models' schema plus extra statements, a client of it and a broker
+// connection named after prefix, all closed or dropped at cleanup.
+func setUp(tb testing.TB, prefix string, extra ...string) (url string, c *db.Client, conn *worker.Conn) {
+	tb.Helper()
+	testenv.RequireBroker(tb)
+	url, drop := scratchDB(extra...)
+	tb.Cleanup(drop)
+	c, err := openDB(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Close() })
+	if conn, err = dialBroker(testenv.Name(prefix)); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = conn.Close() })
+	return url, c, conn
+}

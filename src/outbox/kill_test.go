@@ -45,21 +45,9 @@ const commitsPerRun = 5
 // test:effects (or OUTBOX_KILL_RUNS; about 1.1 s a run on the loaded
 // 2-core development machine).
 func TestKillBetweenCommitAndPublish(t *testing.T) {
-	testenv.RequireBroker(t)
 	testenv.RequirePostgres(t)
 	runs := testenv.Count(t, "OUTBOX_KILL_RUNS", 20, 200)
-	url, drop := scratchDB(`CREATE TABLE committed (n int PRIMARY KEY)`, `CREATE TABLE effect (n int NOT NULL)`)
-	t.Cleanup(drop)
-	c, err := openDB(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	conn, err := dialBroker(testenv.Name("outbox-kill-consumer-"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	url, c, conn := setUp(t, "outbox-kill-consumer-", `CREATE TABLE committed (n int PRIMARY KEY)`, `CREATE TABLE effect (n int NOT NULL)`)
 	route := testenv.Name("outbox-kill-")
 	t.Cleanup(func() { deleteQueues(route, route+worker.DeadLetterSuffix) })
 

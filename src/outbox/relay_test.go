@@ -21,19 +21,7 @@ import (
 // the Client.Publish envelope; those of a rolled back one never leave; the
 // published rows are deleted; an exchange publish goes to the exchange.
 func TestRelayPublishesAfterCommit(t *testing.T) {
-	testenv.RequireBroker(t)
-	url, drop := scratchDB()
-	t.Cleanup(drop)
-	c, err := openDB(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	conn, err := dialBroker(testenv.Name("outbox-relay-"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	_, c, conn := setUp(t, "outbox-relay-")
 	client := worker.NewClient(conn, worker.WithEncoding(worker.JSON))
 	t.Cleanup(func() { _ = client.Close() })
 
@@ -53,7 +41,8 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 
 	ctx := context.Background()
 	var stuck string
-	err = c.InTx(ctx, func(tx *db.Tx) error {
+	err := c.InTx(ctx, func(tx *db.Tx) error {
+		var err error
 		stuck, err = outbox.Publish(ctx, tx, queue+"-missing", 1)
 		return err
 	})

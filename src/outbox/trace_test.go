@@ -20,19 +20,7 @@ import (
 // (child of the handler's span, though the relay's ctx has none), and the
 // message carries that send span's context to its consumer.
 func TestRelayContinuesTrace(t *testing.T) {
-	testenv.RequireBroker(t)
-	url, drop := scratchDB()
-	t.Cleanup(drop)
-	c, err := openDB(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	conn, err := dialBroker(testenv.Name("outbox-trace-"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
+	_, c, conn := setUp(t, "outbox-trace-")
 	exp := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
@@ -48,7 +36,7 @@ func TestRelayContinuesTrace(t *testing.T) {
 	}
 
 	ctx, handler := tp.Tracer("test").Start(context.Background(), "process example-item.forward")
-	err = c.InTx(ctx, func(tx *db.Tx) error {
+	err := c.InTx(ctx, func(tx *db.Tx) error {
 		_, err := outbox.Publish(ctx, tx, queue, map[string]any{"n": 1})
 		return err
 	})
