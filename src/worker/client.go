@@ -103,11 +103,8 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) (err err
 	id := c.prefix + itoa(c.seq.Add(1))
 	msg.CorrelationId = id
 	msg.MessageId = id
-	for _, hook := range c.opts.sends { // WithTracing, Metrics.Client
-		var end func(error)
-		ctx, end = hook(ctx, "call", route, &msg)
-		defer func() { end(err) }()
-	}
+	ctx, end := c.sending(ctx, "call", route, &msg)
+	defer func() { end(err) }()
 	done := make(chan callResult, 1)
 	var s *callSession
 	for {
@@ -165,6 +162,28 @@ func (c *Client) Call(ctx context.Context, route string, req, resp any) (err err
 	}
 }
 
+// sending runs the Client's send hooks (WithTracing, Metrics.Client) as
+// msg is about to go to route, and returns the ctx to send it with and the
+// function to call with the send's outcome, which ends the hooks last
+// first. Without hooks it costs nothing.
+func (c *Client) sending(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error)) {
+	hooks := c.opts.sends
+	if len(hooks) == 0 {
+		return ctx, noEnd
+	}
+	ends := make([]func(error), len(hooks))
+	for i, hook := range hooks {
+		ctx, ends[i] = hook(ctx, op, route, msg)
+	}
+	return ctx, func(err error) {
+		for i := len(ends) - 1; i >= 0; i-- {
+			ends[i](err)
+		}
+	}
+}
+
+func noEnd(error) {}
+
 // result turns the outcome of a call into Call's return value.
 func (c *Client) result(route string, r callResult, resp any) error {
 	if r.returned != nil {
@@ -202,11 +221,8 @@ func (c *Client) Publish(ctx context.Context, queue string, data any) (err error
 		DeliveryMode: amqp.Persistent,
 		Body:         body, // the publisher gives it a unique message id
 	}
-	for _, hook := range c.opts.sends { // WithTracing, Metrics.Client
-		var end func(error)
-		ctx, end = hook(ctx, "publish", queue, &msg)
-		defer func() { end(err) }()
-	}
+	ctx, end := c.sending(ctx, "publish", queue, &msg)
+	defer func() { end(err) }()
 	return c.pub.publish(ctx, queue, msg)
 }
 

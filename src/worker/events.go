@@ -205,11 +205,8 @@ func (c *Client) PublishEvent(ctx context.Context, name string, data any) (err e
 	}
 	body, ct := c.encoding.encode(body)
 	msg := amqp.Publishing{ContentType: ct, DeliveryMode: amqp.Persistent, Body: body}
-	for _, hook := range c.opts.sends { // WithTracing, Metrics.Client
-		var end func(error)
-		ctx, end = hook(ctx, "publish", name, &msg)
-		defer func() { end(err) }()
-	}
+	ctx, end := c.sending(ctx, "publish", name, &msg)
+	defer func() { end(err) }()
 	if err = c.pub.publishTo(ctx, exchange, name, false, msg); err != nil {
 		return fmt.Errorf("publish event %q to exchange %q: %w", name, exchange, err)
 	}

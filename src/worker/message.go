@@ -67,11 +67,8 @@ func (c *Client) PublishMessage(ctx context.Context, m Message) (err error) {
 			return fmt.Errorf("publish message %q as event %q: %w", m.MessageID, m.RoutingKey, err)
 		}
 	}
-	for _, hook := range c.opts.sends { // WithTracing (a parent from m's trace headers), Metrics.Client
-		var end func(error)
-		ctx, end = hook(ctx, "publish", m.RoutingKey, &pub)
-		defer func() { end(err) }()
-	}
+	ctx, end := c.sending(ctx, "publish", m.RoutingKey, &pub)
+	defer func() { end(err) }()
 	return c.pub.publishTo(ctx, m.Exchange, m.RoutingKey, m.Exchange == "", pub)
 }
 
