@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -48,7 +47,7 @@ func TestIdempotentRouteUnderConnectionCuts(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		})
-		confirmed = publishTaggedTo(t, client, route, tag, n, 16)
+		confirmed = stack.PublishTaggedTo(t, client, route, tag, n, 16, 0, nil)
 		rows, distinct = stack.WaitStored(t, db, tag, confirmed, 60*time.Second)
 		done.Store(true)
 		watch.Wait()
@@ -82,38 +81,6 @@ func TestIdempotentRouteUnderConnectionCuts(t *testing.T) {
 		// ran before their first copy was stored).
 		t.Errorf("plain route: no duplicates after %d cuts; the comparison shows nothing (the idempotent route acked %d redeliveries without running them)", cutsDone, skipped)
 	}
-}
-
-// publishTaggedTo publishes n messages {"string": tag-i} to route from
-// workers goroutines, each waiting for its confirm, and returns how many
-// were confirmed.
-func publishTaggedTo(t *testing.T, client interface {
-	Publish(ctx context.Context, queue string, msg any) error
-}, route, tag string, n, workers int,
-) int {
-	t.Helper()
-	var next, ok atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				err := client.Publish(ctx, route, map[string]any{"string": fmt.Sprintf("%s-%d", tag, i), "integer": 1})
-				cancel()
-				if err != nil {
-					t.Errorf("publish %s-%d to %s: %v", tag, i, route, err)
-					continue
-				}
-				ok.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	return int(ok.Load())
 }
 
 // cutProxy forwards TCP connections to target; cut closes every connection

@@ -7,12 +7,8 @@
 package e2e
 
 import (
-	"flag"
-	"fmt"
-	"os"
 	"testing"
 
-	"example.com/service/src/testenv"
 	"example.com/service/test/stack"
 )
 
@@ -20,21 +16,5 @@ import (
 var bins *stack.Binaries
 
 func TestMain(m *testing.M) {
-	// Say which service is missing before anything else, instead of
-	// failing every test with a timeout. With -short every test that needs
-	// one skips itself (testenv.RequireBroker) and says so.
-	flag.Parse()
-	if err := testenv.CheckServices(); err != nil && !testing.Short() {
-		fmt.Fprintf(os.Stderr, "e2e tests cannot run:\n%v\n", err)
-		os.Exit(1)
-	}
-	b, err := stack.Build(true)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e tests cannot build the service: %v\n", err)
-		os.Exit(1)
-	}
-	bins = b
-	code := m.Run()
-	b.Clean()
-	os.Exit(code)
+	stack.Main(m, stack.Suite{Name: "test/e2e", Race: true}, &bins)
 }

@@ -11,14 +11,9 @@ import (
 // behind the idempotent inbox, say) takes it from ctx with TxFrom, and
 // falls back to the pool outside one.
 func ExampleTxFrom() {
-	cfg, drop := exampleDB()
-	defer drop()
+	client, done := exampleClient()
+	defer done()
 	ctx := context.Background()
-	client, err := db.Open(ctx, cfg)
-	if err != nil {
-		panic(err)
-	}
-	defer client.Close()
 	notes := db.MustModel[Note](client, "note")
 
 	store := func(ctx context.Context, title string) error {

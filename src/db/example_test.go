@@ -2,7 +2,6 @@ package db_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,18 +18,11 @@ import (
 // function drops it. (Set-up for the examples, not part of them.)
 func exampleDB() (db.Config, func()) {
 	ctx := context.Background()
-	admin, err := sql.Open("pgx", testenv.PostgresURL("postgres"))
+	name, drop, err := testenv.ScratchDatabase("dbexample_")
 	if err != nil {
 		panic(err)
 	}
-	name := testenv.Name("dbexample_")
-	if _, err := admin.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
-		panic(err)
-	}
-	dropDB := func() {
-		_, _ = admin.ExecContext(ctx, `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
-		_ = admin.Close()
-	}
+	dropDB := func() { _ = drop() }
 	cfg := db.Config{URL: testenv.PostgresURL(name)}
 	c, err := db.Open(ctx, cfg)
 	if err == nil {
@@ -56,6 +48,18 @@ func exampleDB() (db.Config, func()) {
 		panic(err)
 	}
 	return cfg, dropDB
+}
+
+// exampleClient opens a client on a database of exampleDB; the returned
+// function closes it and drops the database.
+func exampleClient() (*db.Client, func()) {
+	cfg, drop := exampleDB()
+	client, err := db.Open(context.Background(), cfg)
+	if err != nil {
+		drop()
+		panic(err)
+	}
+	return client, func() { _ = client.Close(); drop() }
 }
 
 // Note is a row of the table note.
@@ -110,19 +114,14 @@ func Example() {
 }
 
 func ExampleClient_InTx() {
-	cfg, drop := exampleDB()
-	defer drop()
+	client, done := exampleClient()
+	defer done()
 	ctx := context.Background()
-	client, err := db.Open(ctx, cfg)
-	if err != nil {
-		panic(err)
-	}
-	defer client.Close()
 	notes := db.MustModel[Note](client, "note")
 
 	// Both notes are stored, or neither: the second one fails, so the
 	// transaction is rolled back and the first one is gone too.
-	err = client.InTx(ctx, func(tx *db.Tx) error {
+	err := client.InTx(ctx, func(tx *db.Tx) error {
 		if _, err := notes.In(tx).Create(ctx, Note{Title: "first"}); err != nil {
 			return err
 		}
@@ -168,18 +167,13 @@ func ExampleDecimal() {
 
 // Batches in one statement, insert-or-update on a unique column, and pages.
 func ExampleModel_Upsert() {
-	cfg, drop := exampleDB()
-	defer drop()
+	client, done := exampleClient()
+	defer done()
 	ctx := context.Background()
-	client, err := db.Open(ctx, cfg)
-	if err != nil {
-		panic(err)
-	}
-	defer client.Close()
 	payments := db.MustModel[Payment](client, "payment")
 	day := db.Date{Year: 2024, Month: time.March, Day: 1}
 
-	_, err = payments.CreateMany(ctx, []Payment{
+	_, err := payments.CreateMany(ctx, []Payment{
 		{Ref: "r1", Amount: decimal.RequireFromString("10.00"), Day: day},
 		{Ref: "r2", Amount: decimal.RequireFromString("20.00"), Day: day.AddDays(1)},
 	})

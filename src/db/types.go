@@ -25,18 +25,10 @@ var typeMaps = sync.Pool{New: func() any { return pgtype.NewMap() }}
 // Scan implements sql.Scanner. The driver hands arrays over in their text
 // form ({a,"b c",NULL}); pgx's codecs decode it into []T.
 func (a *Array[T]) Scan(src any) error {
-	if src == nil {
+	text, ok, err := driverText(src, "array")
+	if !ok {
 		*a = nil
-		return nil
-	}
-	var text []byte
-	switch s := src.(type) {
-	case string:
-		text = []byte(s)
-	case []byte:
-		text = s
-	default:
-		return fmt.Errorf("scan array: got %T from the driver, want its text form", src)
+		return err
 	}
 	m := typeMaps.Get().(*pgtype.Map)
 	defer typeMaps.Put(m)
@@ -57,7 +49,7 @@ func (a *Array[T]) Scan(src any) error {
 
 // JSON is a json or jsonb column decoded into a Go value of type T: the
 // value is stored as T marshals with encoding/json and read back with
-// json.Unmarshal. NULL scans to the zero JSON (Valid false) and a JSON with
+// json.Unmarshal. NULL (and a JSON null) scans to the zero JSON (Valid false) and a JSON with
 // Valid false is written as NULL. For JSON passed through untouched, use
 // json.RawMessage (nil is NULL) instead.
 type JSON[T any] struct {
@@ -70,23 +62,14 @@ func NewJSON[T any](v T) JSON[T] { return JSON[T]{V: v, Valid: true} }
 
 // Scan implements sql.Scanner.
 func (j *JSON[T]) Scan(src any) error {
-	var b []byte
-	switch s := src.(type) {
-	case nil:
+	b, ok, err := driverText(src, "json")
+	if !ok {
 		*j = JSON[T]{}
-		return nil
-	case string:
-		b = []byte(s)
-	case []byte:
-		b = s
-	default:
-		return fmt.Errorf("scan json: got %T from the driver, want text or bytes", src)
+		return err
 	}
-	var v T
-	if err := json.Unmarshal(b, &v); err != nil {
-		return fmt.Errorf("scan json into %T: %w", v, err)
+	if err := j.UnmarshalJSON(b); err != nil {
+		return fmt.Errorf("scan json into %T: %w", j.V, err)
 	}
-	*j = JSON[T]{V: v, Valid: true}
 	return nil
 }
 
@@ -328,4 +311,19 @@ func (ts *Timestamp) Scan(src any) error {
 // Value implements driver.Valuer: the instant in UTC, to the microsecond.
 func (ts Timestamp) Value() (driver.Value, error) {
 	return ts.UTC().Truncate(time.Microsecond), nil
+}
+
+// driverText is what the driver scanned from a column read in its text
+// form (what names the column's type in the error); ok is false for NULL
+// and for a value of another type, which is an error.
+func driverText(src any, what string) (text []byte, ok bool, err error) {
+	switch s := src.(type) {
+	case nil:
+		return nil, false, nil
+	case string:
+		return []byte(s), true, nil
+	case []byte:
+		return s, true, nil
+	}
+	return nil, false, fmt.Errorf("scan %s: got %T from the driver, want its text form", what, src)
 }

@@ -2,7 +2,6 @@ package models_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -18,27 +17,23 @@ import (
 func exampleClient() (*db.Client, func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	admin, err := sql.Open("pgx", testenv.PostgresURL("postgres"))
+	name, drop, err := testenv.ScratchDatabase("modelsexample_")
 	if err != nil {
-		panic(err)
-	}
-	name := testenv.Name("modelsexample_")
-	if _, err := admin.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
-		panic(err)
+		cancel()
+		log.Fatalf("models example: %v", err) //nolint:gocritic // cancel ran
 	}
 	c, err := db.Open(ctx, db.Config{URL: testenv.PostgresURL(name)})
 	if err == nil {
 		err = loadSchema(ctx, c)
 	}
 	if err != nil {
-		_, _ = admin.ExecContext(context.Background(), `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
+		_ = drop()
 		cancel()
 		log.Fatalf("models example: %v", err) //nolint:gocritic // cancel ran; one line, not a panic's goroutine dump
 	}
 	return c, func() {
 		_ = c.Close()
-		_, _ = admin.ExecContext(context.Background(), `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
-		_ = admin.Close()
+		_ = drop()
 	}
 }
 

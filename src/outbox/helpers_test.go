@@ -2,12 +2,10 @@ package outbox_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io/fs"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -19,35 +17,16 @@ import (
 	"example.com/service/src/worker"
 )
 
-// brokerConfig is the test broker as a worker.Config.
-func brokerConfig() worker.Config {
-	port, _ := strconv.Atoi(testenv.Env("BROKER_PORT", "5672"))
-	return worker.Config{
-		Host:     testenv.Env("BROKER_HOST", "127.0.0.1"),
-		Port:     port,
-		User:     testenv.Env("BROKER_USER", "guest"),
-		Password: testenv.Env("BROKER_PASS", "guest"),
-		VHost:    testenv.Env("BROKER_VHOST", "/"),
-	}
-}
-
 // scratchDB creates a database with the models' schema (inbox and outbox
 // among them) plus the extra statements, and returns its URL and a
 // function that drops it. It panics on failure: the examples use it too.
 func scratchDB(extra ...string) (url string, drop func()) {
 	ctx := context.Background()
-	admin, err := sql.Open("pgx", testenv.PostgresURL("postgres"))
+	name, dropDB, err := testenv.ScratchDatabase("outboxtest_")
 	if err != nil {
 		panic(err)
 	}
-	name := testenv.Name("outboxtest_")
-	if _, err := admin.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
-		panic(fmt.Sprintf("create database %s: %v", name, err))
-	}
-	drop = func() {
-		_, _ = admin.ExecContext(ctx, `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`)
-		_ = admin.Close()
-	}
+	drop = func() { _ = dropDB() }
 	url = testenv.PostgresURL(name)
 	c, err := db.Open(ctx, db.Config{URL: url})
 	if err != nil {
@@ -82,7 +61,7 @@ func openDB(url string) (*db.Client, error) {
 func dialBroker(name string) (*worker.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return worker.Dial(ctx, brokerConfig(), worker.WithName(name))
+	return worker.Dial(ctx, worker.Config{URL: testenv.BrokerURL()}, worker.WithName(name))
 }
 
 // deleteQueues deletes the named queues (a route's and its dead-letter

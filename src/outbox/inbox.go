@@ -75,15 +75,9 @@ type Inbox struct {
 
 // NewInbox returns the inbox of the database c.
 func NewInbox(c *db.Client, cfg InboxConfig) *Inbox {
-	if cfg.Retention <= 0 {
-		cfg.Retention = DefaultInboxRetention
-	}
-	if cfg.PruneEvery <= 0 {
-		cfg.PruneEvery = DefaultInboxPruneEvery
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	orDefault(&cfg.Retention, DefaultInboxRetention)
+	orDefault(&cfg.PruneEvery, DefaultInboxPruneEvery)
+	orDefaultLogger(&cfg.Logger)
 	return &Inbox{db: c, cfg: cfg}
 }
 

@@ -168,18 +168,10 @@ type Relay struct {
 
 // NewRelay returns a relay publishing the outbox of c through client.
 func NewRelay(c *db.Client, client *worker.Client, cfg RelayConfig) *Relay {
-	if cfg.Poll <= 0 {
-		cfg.Poll = DefaultRelayPoll
-	}
-	if cfg.Batch <= 0 {
-		cfg.Batch = DefaultRelayBatch
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultRelayTimeout
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	orDefault(&cfg.Poll, DefaultRelayPoll)
+	orDefault(&cfg.Batch, DefaultRelayBatch)
+	orDefault(&cfg.Timeout, DefaultRelayTimeout)
+	orDefaultLogger(&cfg.Logger)
 	return &Relay{db: c, client: client, cfg: cfg}
 }
 
@@ -403,5 +395,19 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("outbox relay did not stop: %w", ctx.Err())
+	}
+}
+
+// orDefault sets a config field left at zero (or set below it) to def.
+func orDefault[T int | time.Duration](field *T, def T) {
+	if *field <= 0 {
+		*field = def
+	}
+}
+
+// orDefaultLogger sets a config's nil Logger to slog's default one.
+func orDefaultLogger(l **slog.Logger) {
+	if *l == nil {
+		*l = slog.Default()
 	}
 }

@@ -245,38 +245,69 @@ func Name(prefix string) string {
 func CreateDatabase(tb testing.TB, prefix string) string {
 	tb.Helper()
 	RequirePostgres(tb)
-	admin := Admin(tb)
-	ctx := context.Background()
-
-	for _, name := range staleDatabases(tb, admin, prefix) {
-		_, _ = admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(name))
-	}
-
-	name := OwnedName(prefix)
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name)); err != nil {
-		tb.Fatalf("create database %s: %v", name, err)
+	name, drop, err := ScratchDatabase(prefix)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
-		if _, err := admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+quoteIdent(name)+" WITH (FORCE)"); err != nil {
-			tb.Errorf("drop database %s: %v", name, err)
+		if err := drop(); err != nil {
+			tb.Error(err)
 		}
 	})
 	return name
 }
 
+// ScratchDatabase is CreateDatabase for code without a testing.TB (an
+// Example's set-up): it returns the new database's name and the function
+// that drops it (and closes the connection to the server it holds).
+func ScratchDatabase(prefix string) (name string, drop func() error, err error) {
+	admin, err := sql.Open("pgx", PostgresURL("postgres"))
+	if err != nil {
+		return "", nil, fmt.Errorf("open PostgreSQL at %s: %w", PostgresAddr(), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stale, err := staleDatabases(ctx, admin, prefix)
+	for _, n := range stale {
+		_, _ = admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(n))
+	}
+	name = OwnedName(prefix)
+	if err == nil {
+		_, err = admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name))
+	}
+	if err != nil {
+		_ = admin.Close()
+		return "", nil, fmt.Errorf("create database %s on %s: %w", name, PostgresAddr(), err)
+	}
+	return name, func() error {
+		defer admin.Close()
+		if _, err := admin.ExecContext(context.Background(), "DROP DATABASE IF EXISTS "+quoteIdent(name)+" WITH (FORCE)"); err != nil {
+			return fmt.Errorf("drop database %s: %w", name, err)
+		}
+		return nil
+	}, nil
+}
+
 // staleDatabases lists the databases named prefix<pid>_* whose process has
 // exited and that nobody is connected to.
-func staleDatabases(tb testing.TB, admin *sql.DB, prefix string) []string {
-	tb.Helper()
+func staleDatabases(ctx context.Context, admin *sql.DB, prefix string) ([]string, error) {
+	rows, err := admin.QueryContext(ctx, `SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
+		 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)`, prefix)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
 	var names []string
-	for _, name := range Strings(tb, admin,
-		`SELECT datname FROM pg_database d WHERE starts_with(datname, $1)
-		 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)`, prefix) {
-		if Orphaned(name, prefix) {
-			names = append(names, name)
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		if Orphaned(n, prefix) {
+			names = append(names, n)
 		}
 	}
-	return names
+	return names, rows.Err()
 }
 
 // Strings runs query, whose rows are one text column, and returns the

@@ -46,15 +46,9 @@ func RetryDelays(r Retry) []time.Duration {
 
 // with returns r with the non-zero fields of o.
 func (r Retry) with(o Retry) Retry {
-	if o.Attempts > 0 {
-		r.Attempts = o.Attempts
-	}
-	if o.Backoff > 0 {
-		r.Backoff = o.Backoff
-	}
-	if o.MaxBackoff > 0 {
-		r.MaxBackoff = o.MaxBackoff
-	}
+	setPositive(&r.Attempts, o.Attempts)
+	setPositive(&r.Backoff, o.Backoff)
+	setPositive(&r.MaxBackoff, o.MaxBackoff)
 	r.InBroker = r.InBroker || o.InBroker
 	return r
 }

@@ -64,7 +64,7 @@ func SubscriptionQueue(service, pattern string) string { return service + ":" + 
 // letters to "<queue>.dlq" as [Queue] routes. A handler learns which event
 // it got from [Request.Event].
 type Events struct {
-	s       *server
+	worker
 	service string
 }
 
@@ -78,11 +78,11 @@ func NewEvents(conn *Conn, service string, opts ...QueueOption) *Events {
 	s := newServer(conn, kindQueue, queueOptions(opts))
 	s.exchange = eventExchange(s.opts)
 	s.bindings = map[string]string{}
-	return &Events{s: s, service: service}
+	return &Events{worker{s}, service}
 }
 
-// Handle subscribes h to the events matching pattern, inside mws; see
-// [RPC.Handle]. It panics when pattern is not a topic pattern (empty, an
+// Handle subscribes h to the events matching pattern, inside mws (as
+// Handle registers a route of an [RPC] worker). It panics when pattern is not a topic pattern (empty, an
 // empty word, or over 255 bytes), is subscribed twice, or the worker has
 // started.
 func (e *Events) Handle(pattern string, h Handler, mws ...Middleware) {
@@ -99,24 +99,6 @@ func (e *Events) Handle(pattern string, h Handler, mws ...Middleware) {
 // HandleFunc subscribes f to pattern, like Handle(pattern, HandlerFunc(f)).
 func (e *Events) HandleFunc(pattern string, f func(ctx context.Context, req *Request) ([]byte, error), mws ...Middleware) {
 	e.Handle(pattern, HandlerFunc(f), mws...)
-}
-
-// Use adds middleware around every subscription; see [Queue.Use].
-func (e *Events) Use(mws ...Middleware) { e.s.useMiddleware(mws) }
-
-// Start declares the event exchange, the subscriptions' queues and
-// dead-letter queues, binds them and starts consuming; see [RPC.Start].
-func (e *Events) Start(ctx context.Context) error { return e.s.start(ctx) }
-
-// Shutdown stops taking events and waits for running handlers; see
-// [Queue.Shutdown]. Events published meanwhile wait in the queues.
-func (e *Events) Shutdown(ctx context.Context) error { return e.s.shutdown(ctx) }
-
-// StopIntake stops taking new events without waiting for the ones in
-// flight; Shutdown then drains them.
-func (e *Events) StopIntake(ctx context.Context) error {
-	e.s.stopIntake(ctx)
-	return nil
 }
 
 // checkTopic checks an event name (pattern false: no wildcards) or a

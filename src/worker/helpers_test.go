@@ -40,15 +40,16 @@ func requireBroker(tb testing.TB) {
 	testenv.RequireBroker(tb)
 }
 
-// dial opens a Conn named name (random when empty), closed at cleanup.
-func dial(tb testing.TB, name string) *worker.Conn {
+// dial opens a Conn named name (random when empty) with opts, closed at
+// cleanup.
+func dial(tb testing.TB, name string, opts ...worker.ConnOption) *worker.Conn {
 	tb.Helper()
 	if name == "" {
 		name = testenv.Name("worker-test-")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := worker.Dial(ctx, brokerConfig(), worker.WithName(name))
+	conn, err := worker.Dial(ctx, brokerConfig(), append([]worker.ConnOption{worker.WithName(name)}, opts...)...)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -70,6 +71,21 @@ func raw(tb testing.TB) *amqp.Channel {
 		tb.Fatal(err)
 	}
 	return ch
+}
+
+// replyQueue declares an exclusive, server-named queue on ch, as a caller's
+// reply queue, and consumes it (auto-ack): its name and its deliveries.
+func replyQueue(tb testing.TB, ch *amqp.Channel) (string, <-chan amqp.Delivery) {
+	tb.Helper()
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return q.Name, replies
 }
 
 // route returns a unique route name whose queue and dead-letter queue are

@@ -197,13 +197,9 @@ func TestRouteQueueType(t *testing.T) {
 // worker reads it whole and dead-letters it itself.
 func TestOversizeBodyOnClassicQueueRoute(t *testing.T) {
 	requireBroker(t)
+	conn := dial(t, "", worker.WithMaxBodySize(1<<20))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	conn, err := worker.Dial(ctx, brokerConfig(), worker.WithMaxBodySize(1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
 	r := route(t, "big-classic")
 	q := worker.NewQueue(conn, worker.WithQueueType(worker.Classic))
 	q.Handle(r, worker.Job(func(context.Context, any) error { return nil }))
@@ -265,13 +261,9 @@ func TestDeadLetterQueueIsBounded(t *testing.T) {
 // the broker.
 func TestOversizeBodies(t *testing.T) {
 	requireBroker(t)
+	conn := dial(t, "", worker.WithMaxBodySize(1<<20))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	conn, err := worker.Dial(ctx, brokerConfig(), worker.WithMaxBodySize(1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
 	rr, qr := route(t, "big-rpc"), route(t, "big-queue")
 	var runs atomic.Int32
 	rpc := worker.NewRPC(conn)
@@ -310,13 +302,9 @@ func TestOversizeBodies(t *testing.T) {
 // though the prefetch allows 50.
 func TestInflightBytesBudget(t *testing.T) {
 	requireBroker(t)
+	conn := dial(t, "", worker.WithMaxInflightBytes(4<<20), worker.WithMaxBodySize(2<<20))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	conn, err := worker.Dial(ctx, brokerConfig(), worker.WithMaxInflightBytes(4<<20), worker.WithMaxBodySize(2<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
 	r := route(t, "budget")
 	var running, peak, done atomic.Int32
 	q := worker.NewQueue(conn, worker.WithPrefetch(50))

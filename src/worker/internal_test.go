@@ -24,13 +24,9 @@ func TestCloseRightAfterHandshakeNotMissed(t *testing.T) {
 	testHookConnected.Store(&hook)
 	t.Cleanup(func() { testHookConnected.Store(nil) })
 
+	conn := dialTest(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ch, err := conn.channel(ctx)
 	if err != nil {
 		t.Fatalf("no channel after the first connection closed at once (the Conn stopped reconnecting): %v", err)
@@ -54,18 +50,27 @@ func testBroker(t *testing.T) Config {
 	}
 }
 
-// Concurrent publishes that share a message id, some to a missing queue,
-// each get their own outcome: a returned message is never taken for
-// another's, so none is reported delivered when it was not.
-func TestReturnsMatchedPerPublish(t *testing.T) {
-	cfg := testBroker(t)
+// dialTest connects to cfg within 30 s; the Conn is closed at cleanup.
+func dialTest(t *testing.T, cfg Config) *Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := Dial(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// Concurrent publishes that share a message id, some to a missing queue,
+// each get their own outcome: a returned message is never taken for
+// another's, so none is reported delivered when it was not.
+func TestReturnsMatchedPerPublish(t *testing.T) {
+	cfg := testBroker(t)
+	conn := dialTest(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	ch, err := conn.channel(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -265,19 +265,12 @@ func TestBadInputMatrix(t *testing.T) {
 		{"too big", "", append(append([]byte(`{"data":"`), bytes.Repeat([]byte("b"), 2<<20)...), `"}`...), "over the limit"},
 	}
 	ch := raw(t)
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	replyTo, replies := replyQueue(t, ch)
 	c := client(t, conn)
 	for i, tc := range cases {
 		id := fmt.Sprint(i)
 		err := ch.PublishWithContext(context.Background(), "", r, false, false, amqp.Publishing{
-			ContentEncoding: tc.encoding, ReplyTo: q.Name, CorrelationId: id, Body: tc.body,
+			ContentEncoding: tc.encoding, ReplyTo: replyTo, CorrelationId: id, Body: tc.body,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -59,15 +60,9 @@ func newQueueSettings(k kind, o options) queueSettings {
 		q.typ = o.queueType
 	}
 	q.routeTypes = o.routeTypes
-	if o.delivery > 0 {
-		q.deliveryLimit = o.delivery
-	}
-	if o.dlqMax > 0 {
-		q.deadLetterMax = o.dlqMax
-	}
-	if o.dlqMaxBytes > 0 {
-		q.deadLetterMaxBytes = o.dlqMaxBytes
-	}
+	setPositive(&q.deliveryLimit, o.delivery)
+	setPositive(&q.deadLetterMax, o.dlqMax)
+	setPositive(&q.deadLetterMaxBytes, o.dlqMaxBytes)
 	return q
 }
 
@@ -286,4 +281,12 @@ func quoted(v string) string {
 		return v
 	}
 	return strconv.Quote(v)
+}
+
+// setPositive sets *field to v when v is above zero: an option or a Retry
+// field left at zero keeps the default.
+func setPositive[T int | int64 | time.Duration](field *T, v T) {
+	if v > 0 {
+		*field = v
+	}
 }

@@ -79,20 +79,13 @@ func TestSeedClientGzipExclusiveReplyQueue(t *testing.T) {
 	start(t, rpc)
 
 	ch := raw(t)
-	q, err := ch.QueueDeclare("", false, true, true, false, nil) // exclusive, server-named
-	if err != nil {
-		t.Fatal(err)
-	}
-	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	replyTo, replies := replyQueue(t, ch)
 	var body bytes.Buffer
 	zw := gzip.NewWriter(&body)
 	_, _ = zw.Write([]byte(`{"data": {"name": "grace"}}`))
 	_ = zw.Close()
-	err = ch.PublishWithContext(context.Background(), "", r, false, false, amqp.Publishing{
-		ContentType: "application/octet-stream", ReplyTo: q.Name, CorrelationId: "seed-1", Body: body.Bytes(),
+	err := ch.PublishWithContext(context.Background(), "", r, false, false, amqp.Publishing{
+		ContentType: "application/octet-stream", ReplyTo: replyTo, CorrelationId: "seed-1", Body: body.Bytes(),
 	})
 	if err != nil {
 		t.Fatal(err)

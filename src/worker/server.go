@@ -451,51 +451,11 @@ func randomHex(n int) string {
 // Register routes with Handle, and middleware with Use, before Start. Up to
 // the prefetch ([WithPrefetch], default 200) requests per route run at
 // once.
-type RPC struct{ s *server }
+type RPC struct{ worker }
 
 // NewRPC returns an RPC worker on conn.
 func NewRPC(conn *Conn, opts ...RPCOption) *RPC {
-	return &RPC{newServer(conn, kindRPC, rpcOptions(opts))}
-}
-
-// Handle registers h for route, inside mws (the first outermost) and the
-// worker's middleware. It panics when route is empty or reserved (amq.),
-// registered twice, or the worker has started.
-func (r *RPC) Handle(route string, h Handler, mws ...Middleware) { r.s.handle(route, h, mws) }
-
-// HandleFunc registers f for route, like Handle(route, HandlerFunc(f)).
-func (r *RPC) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error), mws ...Middleware) {
-	r.s.handle(route, HandlerFunc(f), mws)
-}
-
-// Use adds middleware around every route, the first outermost, outside the
-// worker's own (see [Middleware]): it runs once per delivery, also for a
-// delivery refused before its handler (a body that does not decode, a reply
-// sent as a request), where its next returns the refusal's error at once
-// and req.Data is nil; tracing and metrics see those too. It panics after
-// Start.
-func (r *RPC) Use(mws ...Middleware) { r.s.useMiddleware(mws) }
-
-// Start declares the routes' queues and starts consuming them. It returns
-// once every route is consuming, or an error naming the route that failed;
-// then no route is consuming and Start may be called again (after fixing
-// the cause, e.g. deleting a queue declared with other settings). After a
-// successful Start, lost connections are recovered in the background.
-// Start after Shutdown fails with [ErrClosed].
-func (r *RPC) Start(ctx context.Context) error { return r.s.start(ctx) }
-
-// Shutdown stops taking requests, waits for running handlers and their
-// replies and acks until ctx ends (or the drain timeout when ctx has no
-// deadline), then closes the worker's channels. Unfinished requests return
-// to their queue. It does not close the Conn.
-func (r *RPC) Shutdown(ctx context.Context) error { return r.s.shutdown(ctx) }
-
-// StopIntake stops taking new requests (cancels the consumers) without
-// waiting for the ones in flight; Shutdown then drains them. A runner calls
-// it on every worker first, so none takes work while another drains.
-func (r *RPC) StopIntake(ctx context.Context) error {
-	r.s.stopIntake(ctx)
-	return nil
+	return &RPC{worker{newServer(conn, kindRPC, rpcOptions(opts))}}
 }
 
 // Queue is a work-queue worker: each route is a durable queue (quorum
@@ -506,37 +466,57 @@ func (r *RPC) StopIntake(ctx context.Context) error {
 // its headers ([HeaderError], [HeaderErrorType], [HeaderErrorID],
 // [HeaderAttempts], [HeaderRoute]), and only then is it acked. A message
 // that arrives with a reply_to gets no reply.
-type Queue struct{ s *server }
+type Queue struct{ worker }
 
 // NewQueue returns a queue worker on conn.
 func NewQueue(conn *Conn, opts ...QueueOption) *Queue {
-	return &Queue{newServer(conn, kindQueue, queueOptions(opts))}
+	return &Queue{worker{newServer(conn, kindQueue, queueOptions(opts))}}
 }
 
-// Handle registers h for route, inside mws; see [RPC.Handle].
-func (q *Queue) Handle(route string, h Handler, mws ...Middleware) { q.s.handle(route, h, mws) }
+// worker is what [RPC], [Queue] and [Events] share: routes, middleware,
+// start and drain. Events replaces Handle and HandleFunc with its own.
+type worker struct{ s *server }
+
+// Handle registers h for route, inside mws (the first outermost) and the
+// worker's middleware. It panics when route is empty or reserved (amq.),
+// registered twice, or the worker has started.
+func (w worker) Handle(route string, h Handler, mws ...Middleware) { w.s.handle(route, h, mws) }
 
 // HandleFunc registers f for route, like Handle(route, HandlerFunc(f)).
-func (q *Queue) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error), mws ...Middleware) {
-	q.s.handle(route, HandlerFunc(f), mws)
+func (w worker) HandleFunc(route string, f func(ctx context.Context, req *Request) ([]byte, error), mws ...Middleware) {
+	w.s.handle(route, HandlerFunc(f), mws)
 }
 
-// Use adds middleware around every route, outside the worker's own and so
-// outside its retries: it runs once per delivery, also for a message
-// refused before its handler (see [RPC.Use]). It panics after Start.
-func (q *Queue) Use(mws ...Middleware) { q.s.useMiddleware(mws) }
+// Use adds middleware around every route, the first outermost, outside the
+// worker's own (see [Middleware]) and so, on a Queue or Events worker,
+// outside its retries: it runs once per delivery, also for a delivery
+// refused before its handler (a body that does not decode, a reply sent as
+// a request), where its next returns the refusal's error at once and
+// req.Data is nil; tracing and metrics see those too. It panics after
+// Start.
+func (w worker) Use(mws ...Middleware) { w.s.useMiddleware(mws) }
 
-// Start declares the routes' queues and dead-letter queues and starts
-// consuming; see [RPC.Start].
-func (q *Queue) Start(ctx context.Context) error { return q.s.start(ctx) }
+// Start declares the routes' queues (for a Queue or Events worker their
+// dead-letter queues too; for Events the event exchange and the bindings)
+// and starts consuming them. It returns once every route is consuming, or
+// an error naming the route that failed; then no route is consuming and
+// Start may be called again (after fixing the cause, e.g. deleting a queue
+// declared with other settings). After a successful Start, lost
+// connections are recovered in the background. Start after Shutdown fails
+// with [ErrClosed].
+func (w worker) Start(ctx context.Context) error { return w.s.start(ctx) }
 
-// Shutdown stops taking messages and waits for running handlers (retries
-// included) until ctx ends; see [RPC.Shutdown].
-func (q *Queue) Shutdown(ctx context.Context) error { return q.s.shutdown(ctx) }
+// Shutdown stops taking deliveries, waits for running handlers (retries
+// included) and their replies and acks until ctx ends (or the drain timeout
+// when ctx has no deadline), then closes the worker's channels. Unfinished
+// deliveries return to their queue, and what is published meanwhile waits
+// there. It does not close the Conn.
+func (w worker) Shutdown(ctx context.Context) error { return w.s.shutdown(ctx) }
 
-// StopIntake stops taking new messages (cancels the consumers) without
-// waiting for the ones in flight; Shutdown then drains them.
-func (q *Queue) StopIntake(ctx context.Context) error {
-	q.s.stopIntake(ctx)
+// StopIntake stops taking new deliveries (cancels the consumers) without
+// waiting for the ones in flight; Shutdown then drains them. A runner calls
+// it on every worker first, so none takes work while another drains.
+func (w worker) StopIntake(ctx context.Context) error {
+	w.s.stopIntake(ctx)
 	return nil
 }

@@ -63,6 +63,18 @@ const (
 // tracerName is the instrumentation scope of the worker's spans.
 const tracerName = "example.com/service/src/worker"
 
+// tracing returns the worker's tracer from tp and the propagator prop,
+// OpenTelemetry's global ones where they are nil.
+func tracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) (trace.Tracer, propagation.TextMapPropagator) {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if prop == nil {
+		prop = otel.GetTextMapPropagator()
+	}
+	return tp.Tracer(tracerName), prop
+}
+
 // Carrier adapts AMQP headers to OpenTelemetry's propagation.TextMapCarrier,
 // to inject a trace context into a message's headers or extract it from a
 // delivery's. Get returns "" for a header that is not a string.
@@ -97,13 +109,7 @@ func (c Carrier) Keys() []string {
 // the trace. Add it first with Use so it spans the whole delivery, retries
 // included. nil tp and prop mean OpenTelemetry's global ones.
 func Trace(tp trace.TracerProvider, prop propagation.TextMapPropagator) Middleware {
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	if prop == nil {
-		prop = otel.GetTextMapPropagator()
-	}
-	tracer := tp.Tracer(tracerName)
+	tracer, prop := tracing(tp, prop)
 	return func(next Handler) Handler {
 		return HandlerFunc(func(ctx context.Context, req *Request) ([]byte, error) {
 			if req.Headers != nil {
@@ -194,13 +200,7 @@ func kindOf(ctx context.Context) kind {
 // [Trace] middleware. nil tp and prop mean OpenTelemetry's global ones.
 // Without it a Client sends no trace headers.
 func WithTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) ClientOption {
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	if prop == nil {
-		prop = otel.GetTextMapPropagator()
-	}
-	tracer := tp.Tracer(tracerName)
+	tracer, prop := tracing(tp, prop)
 	return clientOption(func(o *options) {
 		o.sends = append(slices.Clone(o.sends), func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error)) {
 			kind := trace.SpanKindProducer

@@ -172,16 +172,9 @@ func TestTraceWithoutHeaders(t *testing.T) {
 	start(t, rpc)
 
 	ch := raw(t)
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	replyTo, replies := replyQueue(t, ch)
 	if err := ch.Publish("", name, false, false, amqp.Publishing{
-		ContentType: "application/json", ReplyTo: q.Name, CorrelationId: "py-1", MessageId: "py-1",
+		ContentType: "application/json", ReplyTo: replyTo, CorrelationId: "py-1", MessageId: "py-1",
 		Body: []byte(`{"data": "python"}`),
 	}); err != nil {
 		t.Fatal(err)

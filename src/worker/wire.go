@@ -173,24 +173,26 @@ func (s *scanner) value(depth int) error {
 	return s.syntax(fmt.Sprintf("invalid character %q looking for a value", s.b[s.i]))
 }
 
-func (s *scanner) deep(depth int) error {
+// open enters the object or array at s.i, one level below depth, up to its
+// first element; empty says it was {} or [] and has been scanned whole.
+func (s *scanner) open(depth int, closing byte) (empty bool, err error) {
 	if depth > s.maxDepth {
-		return s.fail("JSON nested more than %d levels deep (at offset %d)", s.maxDepth, s.i)
+		return false, s.fail("JSON nested more than %d levels deep (at offset %d)", s.maxDepth, s.i)
 	}
-	return nil
+	s.i++ // '{' or '['
+	s.space()
+	if s.i < len(s.b) && s.b[s.i] == closing {
+		s.i++
+		return true, nil
+	}
+	return false, nil
 }
 
 // object scans an object at s.i; member, when not nil, is told each key
 // (quotes included) and its value's span.
 func (s *scanner) object(depth int, member func(key []byte, start, end int)) error {
-	if err := s.deep(depth); err != nil {
+	if empty, err := s.open(depth, '}'); empty || err != nil {
 		return err
-	}
-	s.i++ // '{'
-	s.space()
-	if s.i < len(s.b) && s.b[s.i] == '}' {
-		s.i++
-		return nil
 	}
 	for {
 		s.space()
@@ -240,14 +242,8 @@ func (s *scanner) after(closing byte, where string) (done bool, err error) {
 }
 
 func (s *scanner) array(depth int) error {
-	if err := s.deep(depth); err != nil {
+	if empty, err := s.open(depth, ']'); empty || err != nil {
 		return err
-	}
-	s.i++ // '['
-	s.space()
-	if s.i < len(s.b) && s.b[s.i] == ']' {
-		s.i++
-		return nil
 	}
 	for {
 		if err := s.value(depth); err != nil {

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"example.com/service/src/testenv"
 	"example.com/service/test/cluster"
 	"example.com/service/test/stack"
 )
@@ -32,47 +31,35 @@ func TestMain(m *testing.M) {
 		fmt.Println("test/cluster: skipped:", why)
 		os.Exit(0)
 	}
-	if err := testenv.CheckServices(); err != nil {
-		fmt.Fprintf(os.Stderr, "cluster tests cannot run:\n%v\n", err)
-		os.Exit(1)
-	}
 	// Killing nodes is harmless to others, but the load would make
 	// timing-sensitive tests of a parallel run flaky, and a restart of the
-	// shared node by one would fail this one's clean-up.
-	release, err := testenv.LockRestarts(func(format string, args ...any) { fmt.Printf("test/cluster: "+format+"\n", args...) })
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "test/cluster:", err)
-		os.Exit(1)
-	}
+	// shared node by one would fail this one's clean-up (Restarts).
+	stack.Main(m, stack.Suite{Name: "test/cluster", Restarts: true, Setup: upCluster, Report: func() { table.Print(os.Stdout) }}, &bins)
+}
+
+// upCluster starts the cluster unless all its nodes run already; the
+// teardown stops it again only when it started it.
+func upCluster() (teardown func() error, err error) {
+	logf := func(format string, args ...any) { fmt.Printf("test/cluster: "+format+"\n", args...) }
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 	ours := !allRunning(ctx)
 	start := time.Now()
-	nodes, err = cluster.Up(ctx, func(format string, args ...any) { fmt.Printf("test/cluster: "+format+"\n", args...) })
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "test/cluster:", err)
-		os.Exit(1)
+	if nodes, err = cluster.Up(ctx, logf); err != nil {
+		return nil, err
 	}
-	fmt.Printf("test/cluster: %d nodes up in %s\n", len(nodes), time.Since(start).Round(100*time.Millisecond))
-	b, err := stack.Build(false) // as deployed
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "cluster tests cannot build the service: %v\n", err)
-		os.Exit(1)
+	logf("%d nodes up in %s", len(nodes), time.Since(start).Round(100*time.Millisecond))
+	if !ours {
+		return nil, nil
 	}
-	bins = b
-	code := m.Run()
-	b.Clean()
-	table.Print(os.Stdout)
-	if ours {
+	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
 		if err := cluster.Down(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "test/cluster: stop the cluster:", err)
-			code = 1
+			return fmt.Errorf("stop the cluster: %w", err)
 		}
-		cancel()
-	}
-	release()
-	os.Exit(code)
+		return nil
+	}, nil
 }
 
 // allRunning reports whether the cluster runs already (cluster:up).

@@ -86,7 +86,11 @@ func composeStack(t *testing.T, e *engine, p *project) {
 		return
 	}
 	step(t, "compose: up to healthy (docker compose up --wait)", func() {
-		s.mustCompose(t, 10*time.Minute, "compose-up", "up", "--detach", "--wait", "--wait-timeout", "300")
+		// Not mustCompose: t.Fatal would end the test before the logs
+		// below say why a container was unhealthy.
+		if _, err := s.compose(t, 15*time.Minute, "compose-up", "up", "--detach", "--wait", "--wait-timeout", "600"); err != nil {
+			t.Error(err)
+		}
 	})
 	if t.Failed() {
 		t.Logf("docker compose logs:\n%s", tail(s.logs(t, ""), 60))

@@ -10,38 +10,19 @@
 package faults
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
-	"example.com/service/src/testenv"
 	"example.com/service/test/stack"
 )
 
 var bins *stack.Binaries
 
 func TestMain(m *testing.M) {
-	if err := testenv.CheckServices(); err != nil {
-		fmt.Fprintf(os.Stderr, "fault tests cannot run:\n%v\n", err)
-		os.Exit(1)
-	}
-	// They restart the shared RabbitMQ and PostgreSQL: one such run at a time.
-	release, err := testenv.LockRestarts(func(format string, args ...any) { fmt.Printf("test/faults: "+format+"\n", args...) })
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "test/faults:", err)
-		os.Exit(1)
-	}
-	b, err := stack.Build(false) // as deployed: memory and volume figures without the race detector's overhead
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "fault tests cannot build the service: %v\n", err)
-		os.Exit(1)
-	}
-	bins = b
-	code := m.Run()
-	b.Clean()
-	printTable()
-	release() // (os.Exit paths above exit the process, which drops the lock too)
-	os.Exit(code)
+	// They restart the shared RabbitMQ and PostgreSQL: one such run at a
+	// time (Restarts), and the binary as deployed, for memory and volume
+	// figures without the race detector's overhead.
+	stack.Main(m, stack.Suite{Name: "test/faults", Restarts: true, Report: printTable}, &bins)
 }
 
 // row is one line of the closing table.

@@ -54,22 +54,5 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	pyDir = filepath.Join(root, "test", "interop", "py")
-	if err := checkPython(); err != nil {
-		fmt.Fprintln(os.Stderr, "test/interop cannot run:", err)
-		os.Exit(1)
-	}
-	if err := testenv.CheckServices(); err != nil {
-		fmt.Fprintf(os.Stderr, "test/interop cannot run:\n%v\n", err)
-		os.Exit(1)
-	}
-	b, err := stack.Build(true)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "test/interop cannot build the service: %v\n", err)
-		os.Exit(1)
-	}
-	bins = b
-	code := m.Run()
-	b.Clean()
-	printMatrix(os.Stdout)
-	os.Exit(code)
+	stack.Main(m, stack.Suite{Name: "test/interop", Race: true, Setup: func() (func() error, error) { return nil, checkPython() }, Report: func() { printMatrix(os.Stdout) }}, &bins)
 }

@@ -41,21 +41,10 @@ func attach(t testing.TB, env Env, extra []string) *Process {
 		t.Skipf("starts the service with %v, which a running service (%s=running) cannot take", extra, externalVar)
 	}
 	p := &Process{external: true, logs: &testenv.Buffer{}, done: make(chan struct{})}
-	client := env.Client(t)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		var reply string
-		err := client.Call(ctx, "hello_world", nil, &reply)
-		cancel()
-		if err == nil && reply == "Hello world!" {
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the running service (%s=running) does not answer hello_world on vhost %s: %v", externalVar, env.VHost, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := awaitHello(env.Client(t), nil, nil); err != nil {
+		t.Fatalf("the running service (%s=running) does not answer hello_world on vhost %s: %v", externalVar, env.VHost, err)
 	}
+	return p
 }
 
 // externalLogs runs E2E_SERVICE_LOGS and returns what it printed.

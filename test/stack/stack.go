@@ -217,18 +217,35 @@ func Start(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 		return attach(t, env, extra)
 	}
 	p := Launch(t, b, env, extra...)
-	client := env.Client(t)
+	err := awaitHello(env.Client(t), func() bool { return strings.Contains(p.Logs(), "service running") }, p.Exited)
+	if err != nil {
+		t.Fatalf("service not ready: no hello_world reply (last error: %v) or no \"service running\" log line; the end of its log:\n%s", err, p.Tail(15))
+	}
+	return p
+}
+
+// awaitHello calls hello_world through client every 100 ms until it
+// answers "Hello world!" and ready() holds (nil: at once), up to 60 s or
+// until gone() (nil: never); it returns the last call's error, or an error
+// saying what was missing, when it gives up.
+func awaitHello(client *worker.Client, ready, gone func() bool) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		var reply string
 		err := client.Call(ctx, "hello_world", nil, &reply)
 		cancel()
-		if err == nil && reply == "Hello world!" && strings.Contains(p.Logs(), "service running") {
-			return p
+		switch {
+		case err != nil:
+		case reply != "Hello world!":
+			err = fmt.Errorf("hello_world answered %q, want \"Hello world!\"", reply)
+		case ready != nil && !ready():
+			err = errors.New("hello_world answered, not ready yet")
+		default:
+			return nil
 		}
-		if p.Exited() || time.Now().After(deadline) {
-			t.Fatalf("service not ready: no hello_world reply (last error: %v) or no \"service running\" log line; the end of its log:\n%s", err, p.Tail(15))
+		if (gone != nil && gone()) || time.Now().After(deadline) {
+			return err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
