@@ -49,9 +49,9 @@ func (a *Array[T]) Scan(src any) error {
 
 // JSON is a json or jsonb column decoded into a Go value of type T: the
 // value is stored as T marshals with encoding/json and read back with
-// json.Unmarshal. NULL (and a JSON null) scans to the zero JSON (Valid false) and a JSON with
-// Valid false is written as NULL. For JSON passed through untouched, use
-// json.RawMessage (nil is NULL) instead.
+// json.Unmarshal. NULL, and a JSON null, scan to the zero JSON (Valid
+// false), and a JSON with Valid false is written as NULL. For JSON passed
+// through untouched, use json.RawMessage (nil is NULL) instead.
 type JSON[T any] struct {
 	V     T
 	Valid bool

@@ -51,6 +51,42 @@ func dec(s string) db.Decimal { return decimal.RequireFromString(s) }
 // a fraction of 3 or 6 digits or none.
 var python39ISO = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6})?([+-]\d\d:\d\d)?$`)
 
+// JSON and Array take the driver's text or bytes; NULL and a JSON null
+// scan to "no value", and a value of another type is an error naming it.
+func TestScanText(t *testing.T) {
+	type attrs struct{ Color string }
+	for _, src := range []any{`{"Color": "red"}`, []byte(`{"Color": "red"}`)} {
+		var j db.JSON[attrs]
+		if err := j.Scan(src); err != nil || !j.Valid || j.V.Color != "red" {
+			t.Errorf("JSON.Scan(%T) = %+v, %v; want red, valid", src, j, err)
+		}
+	}
+	for _, src := range []any{nil, "null", []byte("null")} {
+		j := db.NewJSON(attrs{Color: "stale"})
+		if err := j.Scan(src); err != nil || j.Valid || j.V.Color != "" {
+			t.Errorf("JSON.Scan(%#v) = %+v, %v; want the zero JSON", src, j, err)
+		}
+	}
+	var j db.JSON[attrs]
+	if err := j.Scan(42); err == nil || !strings.Contains(err.Error(), "scan json: got int from the driver") {
+		t.Errorf("JSON.Scan(42): %v, want an error naming int", err)
+	}
+	if err := j.Scan(`{"Color": 1}`); err == nil || !strings.Contains(err.Error(), "scan json into") {
+		t.Errorf("JSON.Scan of a mistyped field: %v, want an error", err)
+	}
+
+	a := db.Array[string]{"stale"}
+	if err := a.Scan(`{a,"b c"}`); err != nil || len(a) != 2 || a[1] != "b c" {
+		t.Errorf("Array.Scan = %q, %v; want [a, b c]", a, err)
+	}
+	if err := a.Scan(nil); err != nil || a != nil {
+		t.Errorf("Array.Scan(nil) = %q, %v; want nil", a, err)
+	}
+	if err := a.Scan(3.5); err == nil || !strings.Contains(err.Error(), "scan array: got float64 from the driver") {
+		t.Errorf("Array.Scan(3.5): %v, want an error naming float64", err)
+	}
+}
+
 func TestDateText(t *testing.T) {
 	for in, want := range map[string]db.Date{
 		"2024-02-29": {2024, time.February, 29}, "0001-01-01": {1, time.January, 1}, "9999-12-31": {9999, time.December, 31},

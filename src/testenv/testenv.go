@@ -268,14 +268,15 @@ func ScratchDatabase(prefix string) (name string, drop func() error, err error) 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	stale, err := staleDatabases(ctx, admin, prefix)
+	if err != nil {
+		_ = admin.Close()
+		return "", nil, fmt.Errorf("list the databases %s* left by killed runs on %s: %w", prefix, PostgresAddr(), err)
+	}
 	for _, n := range stale {
 		_, _ = admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(n))
 	}
 	name = OwnedName(prefix)
-	if err == nil {
-		_, err = admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name))
-	}
-	if err != nil {
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+quoteIdent(name)); err != nil {
 		_ = admin.Close()
 		return "", nil, fmt.Errorf("create database %s on %s: %w", name, PostgresAddr(), err)
 	}

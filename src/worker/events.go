@@ -81,10 +81,10 @@ func NewEvents(conn *Conn, service string, opts ...QueueOption) *Events {
 	return &Events{worker{s}, service}
 }
 
-// Handle subscribes h to the events matching pattern, inside mws (as
-// Handle registers a route of an [RPC] worker). It panics when pattern is not a topic pattern (empty, an
-// empty word, or over 255 bytes), is subscribed twice, or the worker has
-// started.
+// Handle subscribes h to the events matching pattern, inside mws, as Handle
+// registers a route of an [RPC] worker. It panics when pattern is not a
+// topic pattern (empty, an empty word, or over 255 bytes), is subscribed
+// twice, or the worker has started.
 func (e *Events) Handle(pattern string, h Handler, mws ...Middleware) {
 	if err := checkTopic(pattern, true); err != nil {
 		panic("worker: Events.Handle: " + err.Error())

@@ -173,8 +173,9 @@ func (s *scanner) value(depth int) error {
 	return s.syntax(fmt.Sprintf("invalid character %q looking for a value", s.b[s.i]))
 }
 
-// open enters the object or array at s.i, one level below depth, up to its
-// first element; empty says it was {} or [] and has been scanned whole.
+// open checks depth against the nesting limit and steps into the object or
+// array at s.i, past its opening byte and the space after it; empty says it
+// was {} or [] (closing: '}' or ']') and has been scanned whole.
 func (s *scanner) open(depth int, closing byte) (empty bool, err error) {
 	if depth > s.maxDepth {
 		return false, s.fail("JSON nested more than %d levels deep (at offset %d)", s.maxDepth, s.i)

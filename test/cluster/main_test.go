@@ -34,7 +34,12 @@ func TestMain(m *testing.M) {
 	// Killing nodes is harmless to others, but the load would make
 	// timing-sensitive tests of a parallel run flaky, and a restart of the
 	// shared node by one would fail this one's clean-up (Restarts).
-	stack.Main(m, stack.Suite{Name: "test/cluster", Restarts: true, Setup: upCluster, Report: func() { table.Print(os.Stdout) }}, &bins)
+	stack.Main(m, stack.Suite{
+		Name:     "test/cluster",
+		Restarts: true,
+		Setup:    upCluster,
+		Report:   func() { table.Print(os.Stdout) },
+	}, &bins)
 }
 
 // upCluster starts the cluster unless all its nodes run already; the

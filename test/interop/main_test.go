@@ -54,5 +54,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	pyDir = filepath.Join(root, "test", "interop", "py")
-	stack.Main(m, stack.Suite{Name: "test/interop", Race: true, Setup: func() (func() error, error) { return nil, checkPython() }, Report: func() { printMatrix(os.Stdout) }}, &bins)
+	stack.Main(m, stack.Suite{
+		Name:   "test/interop",
+		Race:   true,
+		Setup:  func() (func() error, error) { return nil, checkPython() },
+		Report: func() { printMatrix(os.Stdout) },
+	}, &bins)
 }

@@ -217,18 +217,23 @@ func Start(t testing.TB, b *Binaries, env Env, extra ...string) *Process {
 		return attach(t, env, extra)
 	}
 	p := Launch(t, b, env, extra...)
-	err := awaitHello(env.Client(t), func() bool { return strings.Contains(p.Logs(), "service running") }, p.Exited)
-	if err != nil {
-		t.Fatalf("service not ready: no hello_world reply (last error: %v) or no \"service running\" log line; the end of its log:\n%s", err, p.Tail(15))
+	running := func() error {
+		if !strings.Contains(p.Logs(), "service running") {
+			return errors.New(`hello_world answered, but no "service running" line in its log yet`)
+		}
+		return nil
+	}
+	if err := awaitHello(env.Client(t), running, p.Exited); err != nil {
+		t.Fatalf("service not ready: %v; the end of its log:\n%s", err, p.Tail(15))
 	}
 	return p
 }
 
 // awaitHello calls hello_world through client every 100 ms until it
-// answers "Hello world!" and ready() holds (nil: at once), up to 60 s or
-// until gone() (nil: never); it returns the last call's error, or an error
-// saying what was missing, when it gives up.
-func awaitHello(client *worker.Client, ready, gone func() bool) error {
+// answers "Hello world!" and ready (nil: none) returns nil, up to 60 s or
+// until gone() (nil: never); when it gives up it returns what was missing
+// last: the call's error, a wrong reply or ready's error.
+func awaitHello(client *worker.Client, ready func() error, gone func() bool) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -239,9 +244,10 @@ func awaitHello(client *worker.Client, ready, gone func() bool) error {
 		case err != nil:
 		case reply != "Hello world!":
 			err = fmt.Errorf("hello_world answered %q, want \"Hello world!\"", reply)
-		case ready != nil && !ready():
-			err = errors.New("hello_world answered, not ready yet")
-		default:
+		case ready != nil:
+			err = ready()
+		}
+		if err == nil {
 			return nil
 		}
 		if (gone != nil && gone()) || time.Now().After(deadline) {
