@@ -149,12 +149,22 @@ func lockRun(t *testing.T, root string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Minute)
-	for syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
-		if time.Now().After(deadline) {
+	start := time.Now()
+	for i := 0; syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil; i++ {
+		if i == 0 {
+			fmt.Fprintf(os.Stderr, "[containers] another run (test:containers or containers:prepare) holds %s: waiting for it\n", f.Name())
+		}
+		if time.Since(start) > 30*time.Minute {
 			t.Fatalf("another container test run holds %s for more than 30 min", f.Name())
 		}
-		time.Sleep(5 * time.Second)
+		select {
+		case <-runCtx.Done():
+			t.Fatalf("stopped while waiting for %s", f.Name())
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if waited := time.Since(start); waited > time.Second {
+		note("waited %.0f s for another run to release %s", waited.Seconds(), f.Name())
 	}
 	t.Cleanup(func() { _ = f.Close() })
 }

@@ -24,8 +24,10 @@ package containers_test
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -89,22 +91,9 @@ func printTable() {
 // Later steps need earlier ones, so the first failure ends it.
 func TestContainers(t *testing.T) {
 	defer printTable()
-	deadline, ok := t.Deadline()
-	if !ok {
-		deadline = time.Now().Add(40 * time.Minute)
+	if !withinBudget(t) {
+		return
 	}
-	// Stop a little before go test's -timeout, which would kill the binary
-	// without running the cleanups (containers, the engine).
-	budget := time.Until(deadline) - 2*time.Minute
-	if budget < 10*time.Minute {
-		t.Fatalf("go test -timeout leaves %s; the container tests need at least 12m (a fresh machine takes about 25)", time.Until(deadline).Round(time.Second))
-	}
-	timer := time.AfterFunc(budget, func() {
-		fmt.Fprintf(os.Stderr, "[containers] the run is past its budget of %s: stopping its commands\n", budget.Round(time.Second))
-		cancelAll()
-	})
-	defer timer.Stop()
-
 	e := setUpEngine(t)
 	if t.Failed() {
 		return
@@ -115,4 +104,61 @@ func TestContainers(t *testing.T) {
 	composeStack(t, e, p)
 	composeCluster(t, e, p)
 	devcontainer(t, e, p)
+}
+
+// TestPrepare makes what TestContainers keeps between runs and runs nothing
+// else: the engine's packages, compose v2, the base images, the Dev
+// Containers CLI and the build cache of the project's two images (which it
+// builds and checks as TestContainers does). Then it stops the engine. A
+// later TestContainers finds them cached; `go tool task containers:prepare`
+// runs it, and .ci/run runs it in the background, at low priority, while
+// the other suites run.
+func TestPrepare(t *testing.T) {
+	defer printTable()
+	if !withinBudget(t) {
+		return
+	}
+	e := setUpEngine(t)
+	if t.Failed() {
+		return
+	}
+	makeBaseImages(t, e)
+	step(t, "devcontainer: install the CLI ("+devcontainerCLI+")", func() { installCLI(t, e) })
+	p := copyProject(t, e)
+	buildImages(t, e, p)
+}
+
+// withinBudget stops every command of the run (and so the run, which then
+// cleans up: containers, the engine) a little before go test's -timeout,
+// which would kill the binary without running the cleanups, and at SIGINT
+// or SIGTERM. It reports false, failing t, when the timeout leaves too
+// little time.
+func withinBudget(t *testing.T) bool {
+	deadline, ok := t.Deadline()
+	if !ok {
+		deadline = time.Now().Add(40 * time.Minute)
+	}
+	budget := time.Until(deadline) - 2*time.Minute
+	if budget < 10*time.Minute {
+		t.Errorf("go test -timeout leaves %s; the container tests need at least 12m (a fresh machine takes about 25)", time.Until(deadline).Round(time.Second))
+		return false
+	}
+	timer := time.AfterFunc(budget, func() {
+		fmt.Fprintf(os.Stderr, "[containers] the run is past its budget of %s: stopping its commands\n", budget.Round(time.Second))
+		cancelAll()
+	})
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		if sig, ok := <-signals; ok {
+			fmt.Fprintf(os.Stderr, "[containers] %s: stopping the run's commands, then cleaning up\n", sig)
+			cancelAll()
+		}
+	}()
+	t.Cleanup(func() {
+		timer.Stop()
+		signal.Stop(signals)
+		close(signals)
+	})
+	return true
 }
