@@ -90,15 +90,10 @@ func printTable() {
 // TestContainers is the whole run, in the order a user meets the pieces.
 // Later steps need earlier ones, so the first failure ends it.
 func TestContainers(t *testing.T) {
-	defer printTable()
-	if !withinBudget(t) {
+	e := begin(t)
+	if e == nil {
 		return
 	}
-	e := setUpEngine(t)
-	if t.Failed() {
-		return
-	}
-	makeBaseImages(t, e)
 	p := copyProject(t, e)
 	buildImages(t, e, p)
 	composeStack(t, e, p)
@@ -114,18 +109,29 @@ func TestContainers(t *testing.T) {
 // runs it, and .ci/run runs it in the background, at low priority, while
 // the other suites run.
 func TestPrepare(t *testing.T) {
-	defer printTable()
-	if !withinBudget(t) {
+	e := begin(t)
+	if e == nil {
 		return
 	}
-	e := setUpEngine(t)
-	if t.Failed() {
-		return
-	}
-	makeBaseImages(t, e)
 	step(t, "devcontainer: install the CLI ("+devcontainerCLI+")", func() { installCLI(t, e) })
 	p := copyProject(t, e)
 	buildImages(t, e, p)
+}
+
+// begin starts a run: the table of its steps (printed last), its budget,
+// the engine and compose, the base images. It returns nil when the run
+// cannot go on.
+func begin(t *testing.T) *engine {
+	t.Cleanup(printTable)
+	if !withinBudget(t) {
+		return nil
+	}
+	e := setUpEngine(t)
+	if t.Failed() {
+		return nil
+	}
+	makeBaseImages(t, e)
+	return e
 }
 
 // withinBudget stops every command of the run (and so the run, which then
