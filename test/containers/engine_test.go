@@ -113,7 +113,7 @@ func setUpEngine(t *testing.T) *engine {
 	if err := os.MkdirAll(e.root, 0o755); err != nil {
 		t.Fatalf("create %s (CONTAINERS_ROOT): %v; run as root, or set CONTAINERS_ROOT to a writable directory", e.root, err)
 	}
-	lockRun(t, e.root)
+	lockRun(t)
 	e.logs = filepath.Join(e.root, "logs", time.Now().UTC().Format("20060102T150405Z"))
 	if err := os.MkdirAll(e.logs, 0o755); err != nil {
 		t.Fatal(err)
@@ -142,10 +142,17 @@ func envOr(key, def string) string {
 	return def
 }
 
-// lockRun keeps two runs on one machine apart: they would share the engine
-// and the image tags.
-func lockRun(t *testing.T, root string) {
-	f, err := os.OpenFile(filepath.Join(root, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+// runLock is one file per machine, whatever CONTAINERS_ROOT says: runs
+// with different roots still share /run/service-containers (the own
+// engine's socket and pid file), the user's engine, the image tags, the
+// compose project and the published ports.
+var runLock = filepath.Join(os.TempDir(), "service-containers.lock")
+
+// lockRun keeps two runs on one machine apart (test:containers,
+// containers:prepare, with any CONTAINERS_ROOT): one would adopt or stop
+// the other's engine.
+func lockRun(t *testing.T) {
+	f, err := os.OpenFile(runLock, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +193,9 @@ func (e *engine) useRunning(t *testing.T) bool {
 	own := "unix://" + ownSocket
 	if _, err := os.Stat(ownSocket); err == nil && e.probe(t, "/usr/bin/docker", own) {
 		e.own = true // a killed run's: stop it at the end like ours
-		e.stopAtEnd(t)
+		b, _ := os.ReadFile(filepath.Join(ownRun, "dockerd.pid"))
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		e.stopAtEnd(t, pid)
 		return true
 	}
 	if os.Getenv("CONTAINERS_OWN_ENGINE") == "1" {
@@ -263,7 +272,7 @@ func (e *engine) startOwn(t *testing.T) {
 	}
 	go func() { _ = d.Wait(); _ = logf.Close() }()
 	e.own = true
-	e.stopAtEnd(t)
+	e.stopAtEnd(t, d.Process.Pid)
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(300 * time.Millisecond) {
 		if e.probe(t, client, "unix://"+ownSocket) {
 			return
@@ -274,14 +283,15 @@ func (e *engine) startOwn(t *testing.T) {
 	}
 }
 
-// stopAtEnd stops the run's own daemon when the test ends, however it ends:
-// SIGTERM, up to 60 s, then SIGKILL; then the mount it leaves behind.
-func (e *engine) stopAtEnd(t *testing.T) {
+// stopAtEnd stops the run's own daemon, process pid (the one it started or
+// adopted), when the test ends, however it ends: SIGTERM, up to 60 s, then
+// SIGKILL; then the mount it leaves behind. A pid of 0 (an adopted daemon
+// without a pid file) is left running, with a note.
+func (e *engine) stopAtEnd(t *testing.T, pid int) {
 	t.Cleanup(func() {
 		start := time.Now()
-		b, err := os.ReadFile(filepath.Join(ownRun, "dockerd.pid"))
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 0 {
+		if pid <= 0 {
+			note("engine: the daemon on %s wrote no pid file to %s: left running", ownSocket, ownRun)
 			return
 		}
 		_ = syscall.Kill(pid, syscall.SIGTERM)

@@ -18,7 +18,9 @@
 //
 // Every step prints its time; a table of them closes the run. Settings:
 // CONTAINERS_ROOT (default /var/lib/service-containers) holds the engine's
-// data, the compose and devcontainer tools and the logs of each run.
+// data, the compose and devcontainer tools and the logs of each run. Two
+// runs on one machine (test:containers, containers:prepare, whatever their
+// CONTAINERS_ROOT) take turns through /tmp/service-containers.lock.
 package containers_test
 
 import (
