@@ -8,15 +8,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"example.com/service/src/testenv"
 	"example.com/service/src/worker"
 )
 
@@ -66,23 +71,86 @@ func percentile(lat []time.Duration, p int) time.Duration {
 // most chunk ops so both see the same machine load, and returns both rates
 // and p99 latencies.
 func interleaved(n, conc, chunk int, rawOp, libOp func() error) (rawRate, libRate float64, rawP99, libP99 time.Duration, err error) {
-	var rawLat, libLat []time.Duration
-	var rawTook, libTook time.Duration
+	c, err := compare(n, conc, chunk, rawOp, libOp)
+	return c.rate[0], c.rate[1], c.p99[0], c.p99[1], err
+}
+
+// comparison is what compare measured of its two sides (0: the first op,
+// 1: the second): rate in ops/s, p99 latency, and the CPU time one op took
+// in this process and in the broker's (zero when its process is not found).
+type comparison struct {
+	rate               [2]float64
+	p99                [2]time.Duration
+	selfCPU, brokerCPU [2]time.Duration
+}
+
+// compare is interleaved with the CPU time of each side: it tells whether
+// a side's cost lands in this process (client and worker) or in the broker.
+func compare(n, conc, chunk int, ops ...func() error) (comparison, error) {
+	var c comparison
+	var lat [2][]time.Duration
+	var took [2]time.Duration
+	broker := brokerPID()
 	for done := 0; done < n; done += chunk {
 		k := min(chunk, n-done)
-		lat, took, err := run(k, conc, rawOp)
-		if err != nil {
-			return 0, 0, 0, 0, err
+		for side, op := range ops {
+			self0, broker0 := processCPU(0), processCPU(broker)
+			l, t, err := run(k, conc, op)
+			if err != nil {
+				return c, err
+			}
+			lat[side], took[side] = append(lat[side], l...), took[side]+t
+			c.selfCPU[side] += processCPU(0) - self0
+			if broker > 0 {
+				c.brokerCPU[side] += processCPU(broker) - broker0
+			}
 		}
-		rawLat, rawTook = append(rawLat, lat...), rawTook+took
-		lat, took, err = run(k, conc, libOp)
-		if err != nil {
-			return 0, 0, 0, 0, err
-		}
-		libLat, libTook = append(libLat, lat...), libTook+took
 	}
-	return float64(n) / rawTook.Seconds(), float64(n) / libTook.Seconds(), percentile(rawLat, 99), percentile(libLat, 99), nil
+	for side := range ops {
+		c.rate[side] = float64(n) / took[side].Seconds()
+		c.p99[side] = percentile(lat[side], 99)
+		c.selfCPU[side] /= time.Duration(n)
+		c.brokerCPU[side] /= time.Duration(n)
+	}
+	return c, nil
 }
+
+// processCPU is the CPU time process pid (0: this one) has used so far:
+// this process's from getrusage, another's as the sum of its threads'
+// run times in /proc (nanoseconds, unlike /proc/PID/stat's clock ticks).
+func processCPU(pid int) time.Duration {
+	if pid == 0 {
+		var ru syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var sum time.Duration
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, task.Name()))
+		if err != nil {
+			continue
+		}
+		ns, _ := strconv.ParseInt(strings.Fields(string(b) + " 0")[0], 10, 64)
+		sum += time.Duration(ns)
+	}
+	return sum
+}
+
+// brokerPID is the process id of the broker at 127.0.0.1:5672, asked of
+// rabbitmqctl once; 0 when it cannot tell (another machine's broker, no
+// rabbitmqctl).
+var brokerPID = sync.OnceValue(func() int {
+	if !strings.HasPrefix(testenv.BrokerAddr(), "127.0.0.1:") && !strings.HasPrefix(testenv.BrokerAddr(), "localhost:") {
+		return 0
+	}
+	out, err := exec.Command("rabbitmqctl", "-q", "eval", "os:getpid().").Output()
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.Trim(strings.TrimSpace(string(out)), `"`))
+	return pid
+})
 
 // quiet keeps the default logger's info lines ("connected to RabbitMQ")
 // out of the benchmark's output, where they would split its result lines.

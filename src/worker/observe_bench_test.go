@@ -26,7 +26,9 @@ func (discard) Shutdown(context.Context) error                             { ret
 // BenchmarkRPCObserved: RPC calls through a worker and a client with
 // tracing (the SDK, every span sampled and batched to an exporter) and
 // metrics on, next to the same calls with both off, in alternating rounds
-// of the same run. ratio is on/off (the goal is >= 0.95).
+// of the same run. ratio is on/off (the goal is >= 0.95); the *-cpu-µs/op
+// metrics say where a call's CPU time went: this process (the client and
+// the worker) or the broker.
 //
 // deadline=no calls with a ctx without deadline: the off calls carry no
 // AMQP headers at all, the traced ones a traceparent header, so the ratio
@@ -108,16 +110,12 @@ func benchObserved(b *testing.B, conc int, deadline, tracing, metered bool) {
 	}
 
 	b.ResetTimer()
-	offRate, onRate, offP99, onP99, err := interleaved(b.N, conc, max(200, conc*10), call(offC, offQ), call(onC, onQ))
+	c, err := compare(b.N, conc, max(200, conc*10), call(offC, offQ), call(onC, onQ))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.StopTimer()
-	b.ReportMetric(offRate, "off-ops/s")
-	b.ReportMetric(onRate, "on-ops/s")
-	b.ReportMetric(onRate/offRate, "ratio")
-	b.ReportMetric(float64(offP99.Microseconds()), "off-p99-µs")
-	b.ReportMetric(float64(onP99.Microseconds()), "on-p99-µs")
+	reportComparison(b, "off", "on", c)
 }
 
 // BenchmarkTraceHeader: what carrying a trace context costs without any
@@ -137,15 +135,28 @@ func BenchmarkTraceHeader(b *testing.B) {
 			body := []byte(`{"data":` + string(benchPayload) + `}`)
 			_, _ = plain.call(q, body), traced.call(q, body)
 			b.ResetTimer()
-			without, with, _, _, err := interleaved(b.N, conc, max(200, conc*10),
+			c, err := compare(b.N, conc, max(200, conc*10),
 				func() error { return plain.call(q, body) }, func() error { return traced.call(q, body) })
 			if err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()
-			b.ReportMetric(without, "without-ops/s")
-			b.ReportMetric(with, "with-ops/s")
-			b.ReportMetric(with/without, "ratio")
+			reportComparison(b, "without", "with", c)
 		})
+	}
+}
+
+// reportComparison reports both sides of c, named first and second: their
+// rates, ratio (second/first), p99 latencies, and the CPU time a call took
+// in this process (client and worker: self) and in the broker, in µs.
+func reportComparison(b *testing.B, first, second string, c comparison) {
+	b.ReportMetric(c.rate[1]/c.rate[0], "ratio")
+	for side, name := range []string{first, second} {
+		b.ReportMetric(c.rate[side], name+"-ops/s")
+		b.ReportMetric(float64(c.p99[side].Microseconds()), name+"-p99-µs")
+		b.ReportMetric(float64(c.selfCPU[side].Nanoseconds())/1e3, name+"-self-cpu-µs/op")
+		if c.brokerCPU[side] > 0 {
+			b.ReportMetric(float64(c.brokerCPU[side].Nanoseconds())/1e3, name+"-broker-cpu-µs/op")
+		}
 	}
 }
