@@ -99,6 +99,15 @@ func (r *otlpReceiver) span(t *testing.T, traceID trace.TraceID, name string, pa
 	}
 }
 
+// service is the service.name of the resource that exported the span with
+// id spanID ("" when none did). The handler writes the map as exports
+// arrive: read it under the lock.
+func (r *otlpReceiver) service(spanID []byte) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.names[hex.EncodeToString(spanID)]
+}
+
 func attr(s *tracepb.Span, key string) string {
 	for _, kv := range s.Attributes {
 		if kv.Key == key {
@@ -206,7 +215,7 @@ func TestTrace(t *testing.T) {
 		sid := send.SpanContext.SpanID()
 		route := otlp.span(t, id, "process example-item.create", sid[:])
 		sql := otlp.span(t, id, "INSERT example_item", route.SpanId)
-		if got := otlp.names[hex.EncodeToString(route.SpanId)]; got != "e2e-service" {
+		if got := otlp.service(route.SpanId); got != "e2e-service" {
 			t.Errorf("the route span's service.name is %q, want e2e-service (from OTEL_SERVICE_NAME)", got)
 		}
 		if attr(route, "messaging.system") != "rabbitmq" || attr(route, "messaging.rabbitmq.outcome") != worker.OutcomeReplied {
@@ -243,7 +252,7 @@ func TestTrace(t *testing.T) {
 			t.Fatalf("service call printed %q on stderr, want \"trace <trace id>\"", stderr.String())
 		}
 		root := otlp.span(t, id, "service call example-item.create", nil)
-		if got := otlp.names[hex.EncodeToString(root.SpanId)]; got != "e2e-cli" {
+		if got := otlp.service(root.SpanId); got != "e2e-cli" {
 			t.Errorf("the command's span has service.name %q, want e2e-cli", got)
 		}
 		send := otlp.span(t, id, "send example-item.create", root.SpanId)
