@@ -75,8 +75,7 @@ func interleaved(n, conc, chunk int, rawOp, libOp func() error) (rawRate, libRat
 	return c.rate[0], c.rate[1], c.p99[0], c.p99[1], err
 }
 
-// comparison is what compare measured of its two sides (0: the first op,
-// 1: the second): rate in ops/s, p99 latency, and the CPU time one op took
+// comparison is what compare measured of its two sides (0: op a, 1: op b): rate in ops/s, p99 latency, and the CPU time one op took
 // in this process and in the broker's (zero when its process is not found).
 type comparison struct {
 	rate               [2]float64
@@ -86,7 +85,8 @@ type comparison struct {
 
 // compare is interleaved with the CPU time of each side: it tells whether
 // a side's cost lands in this process (client and worker) or in the broker.
-func compare(n, conc, chunk int, ops ...func() error) (comparison, error) {
+func compare(n, conc, chunk int, a, b func() error) (comparison, error) {
+	ops := [2]func() error{a, b}
 	var c comparison
 	var lat [2][]time.Duration
 	var took [2]time.Duration
