@@ -24,7 +24,7 @@ const dlqUsage = `usage:
   service dlq list [ROUTE...]            dead letters per route (default: the service's queue routes)
   service dlq show [--n N] ROUTE         the first N (default 10) dead letters of ROUTE and their errors;
                                          nothing is removed
-  service dlq replay [--limit N] ROUTE   move up to N (default: all there now) dead letters of ROUTE back
+  service dlq replay [--limit N] ROUTE   move up to N (default: all, each once) dead letters of ROUTE back
                                          to the queue they failed on, each confirmed before its dead letter
                                          is removed
 
@@ -40,7 +40,7 @@ func deadLetters(cfg config, args []string, out io.Writer) int {
 	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
 	timeout := fs.Duration("timeout", time.Minute, "how long the command may take")
 	n := fs.Int("n", 10, "show: how many dead letters to print")
-	limit := fs.Int("limit", 0, "replay: at most this many (0: all there when it starts)")
+	limit := fs.Int("limit", 0, "replay: at most this many (0: all, each once)")
 	// Flags may come before or after ROUTE (replay ROUTE --limit 5).
 	var positional []string
 	for {

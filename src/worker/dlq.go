@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -164,10 +165,15 @@ var replayDropped = []string{
 	"x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count",
 }
 
-// Replay moves up to limit dead letters of route (limit < 1: all of those
-// there when it starts; never more, so letters that fail again are not
-// replayed twice in one run) back to the queue they failed on
-// (HeaderRoute, else route), oldest first, and returns how many it moved.
+// Replay moves up to limit dead letters of route back to the queue they
+// failed on (HeaderRoute, else route), oldest first, and returns how many
+// it moved. With limit < 1 it moves letters until the dead-letter queue is
+// empty or it meets one it moved earlier in this run (the message failed
+// again: it stays a dead letter, so no run replays a letter twice). Letters
+// are known by message id, or by body and properties when they have none.
+// Counting at the start would not do: a letter a just-closed connection
+// still held (a Replay or Show killed mid-way) is not counted until the
+// broker puts it back, a moment later.
 // Each is published with a publisher confirm, mandatory, and its dead
 // letter is acked only once the republish is confirmed: interrupted at any
 // point, a message is in the dead-letter queue, in the route's queue, or
@@ -181,7 +187,8 @@ func (t *DeadLetters) Replay(ctx context.Context, route string, limit int) (int,
 	if err != nil {
 		return 0, fmt.Errorf("replay the dead letters of route %q: %w", route, err)
 	}
-	if limit < 1 || limit > total {
+	all := limit < 1
+	if limit > total {
 		limit = total
 	}
 	ch, err := t.conn.publish.channel(ctx)
@@ -195,17 +202,25 @@ func (t *DeadLetters) Replay(ctx context.Context, route string, limit int) (int,
 	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
 	moved := 0
 	var taken uint64 // the dead letter not yet acked, given back on an error
-	defer func() { t.giveBack(ctx, ch, taken, queue, total-moved) }()
-	for moved < limit {
+	defer func() { t.giveBack(ctx, ch, taken, queue, max(total-moved, 1)) }()
+	var seen map[letterKey]bool // with all: the letters moved so far
+	if all {
+		seen = make(map[letterKey]bool, total)
+	}
+	for all || moved < limit {
 		taken = 0
 		d, ok, err := ch.Get(queue, false)
 		if err != nil {
 			return moved, fmt.Errorf("replay route %q: read queue %q: %w", route, queue, err)
 		}
 		if !ok {
-			break // someone else took the rest
+			break // empty, or someone else took the rest
 		}
 		taken = d.DeliveryTag
+		key := keyOf(&d)
+		if all && seen[key] {
+			break // it failed again since this run moved it: given back by the deferred giveBack
+		}
 		to, _ := d.Headers[HeaderRoute].(string)
 		if to == "" {
 			to = route
@@ -248,6 +263,30 @@ func (t *DeadLetters) Replay(ctx context.Context, route string, limit int) (int,
 		}
 		taken = 0
 		moved++
+		if all {
+			seen[key] = true
+		}
 	}
 	return moved, nil
+}
+
+// letterKey tells dead letters apart within one Replay: by message id, or,
+// for a message published without one, by a hash of its body and the
+// properties that travel with it (two such letters alike in all of these
+// count as one, so Replay stops early rather than replaying one twice).
+type letterKey struct {
+	id   string
+	hash [sha256.Size]byte
+}
+
+func keyOf(d *amqp.Delivery) letterKey {
+	if d.MessageId != "" {
+		return letterKey{id: d.MessageId}
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%q %q %q %d\n", d.CorrelationId, d.Type, d.AppId, d.Timestamp.UnixNano())
+	h.Write(d.Body)
+	var k letterKey
+	h.Sum(k.hash[:0])
+	return k
 }

@@ -101,6 +101,53 @@ func TestDeadLettersReplay(t *testing.T) {
 	}
 }
 
+// Replay(all) of letters that fail again moves each once: it stops at the
+// first letter it already moved, which is a dead letter again, as are the
+// others.
+func TestDeadLettersReplayFailingAgain(t *testing.T) {
+	requireBroker(t)
+	conn := dial(t, "")
+	r := route(t, "replay-again")
+	var mu sync.Mutex
+	tries := map[int]int{}
+	q := worker.NewQueue(conn, worker.WithRetry(worker.Retry{Attempts: 1}))
+	q.Handle(r, worker.Job(func(_ context.Context, j job) error {
+		mu.Lock()
+		tries[j.Count]++
+		mu.Unlock()
+		return errors.New("still down")
+	}))
+	start(t, q)
+	c := client(t, conn)
+	ctx := context.Background()
+	const n = 20
+	for i := range n {
+		if err := c.Publish(ctx, r, job{ID: "m", Count: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dl := worker.NewDeadLetters(conn)
+	letters := func(want int) func() bool {
+		return func() bool {
+			counts, err := dl.List(ctx, r)
+			return err == nil && counts[0].Messages == want
+		}
+	}
+	eventually(t, fmt.Sprintf("%d dead letters", n), letters(n))
+	moved, err := dl.Replay(ctx, r, 0)
+	if err != nil || moved != n {
+		t.Fatalf("Replay(all) of letters that fail again = %d, %v; want each of the %d moved once", moved, err, n)
+	}
+	eventually(t, fmt.Sprintf("the %d dead letters back", n), letters(n))
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range n {
+		if tries[i] != 2 {
+			t.Errorf("message %d handled %d times, want 2 (once, then once replayed)", i, tries[i])
+		}
+	}
+}
+
 // Replaying to a route whose queue is gone stops with ErrNoRoute and keeps
 // the dead letter.
 func TestDeadLettersReplayNoQueue(t *testing.T) {
