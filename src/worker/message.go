@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -52,7 +53,9 @@ func (c *Client) PublishMessage(ctx context.Context, m Message) (err error) {
 	body, ct := c.encoding.encode(body)
 	pub := amqp.Publishing{ContentType: ct, DeliveryMode: amqp.Persistent, MessageId: m.MessageID, Body: body}
 	if len(m.Headers) > 0 {
-		pub.Headers = amqp.Table(m.Headers)
+		// A copy: the send hooks (WithTracing) add to it, and m.Headers is
+		// the caller's.
+		pub.Headers = maps.Clone(amqp.Table(m.Headers))
 		if err := pub.Headers.Validate(); err != nil {
 			pub.Headers = tableOf(m.Headers)
 			if err := pub.Headers.Validate(); err != nil {

@@ -16,10 +16,12 @@ import (
 // TestPublishMessage: to a queue route it sends Publish's envelope with the
 // given id and headers; to an exchange that routes it nowhere it is
 // confirmed (an event without subscribers); to a missing queue it fails
-// with ErrNoRoute; data that is not JSON is refused before sending.
+// with ErrNoRoute; data that is not JSON is refused before sending. A
+// traced Client adds its trace context to a copy of the caller's headers.
 func TestPublishMessage(t *testing.T) {
 	requireBroker(t)
-	client := worker.NewClient(dial(t, ""), worker.WithEncoding(worker.JSON))
+	tp, _, prop := tracing(t)
+	client := worker.NewClient(dial(t, ""), worker.WithEncoding(worker.JSON), worker.WithTracing(tp, prop))
 	t.Cleanup(func() { _ = client.Close() })
 	ch := raw(t)
 	q := route(t, "pubmsg")
@@ -34,9 +36,13 @@ func TestPublishMessage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	err := client.PublishMessage(ctx, worker.Message{RoutingKey: q, MessageID: "m-1", Headers: map[string]any{"x-k": "v"}, Data: json.RawMessage(`{"a": 1}`)})
+	headers := map[string]any{"x-k": "v"}
+	err := client.PublishMessage(ctx, worker.Message{RoutingKey: q, MessageID: "m-1", Headers: headers, Data: json.RawMessage(`{"a": 1}`)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(headers) != 1 {
+		t.Errorf("PublishMessage changed the caller's headers: %v", headers)
 	}
 	var d amqp.Delivery
 	for ok := false; !ok; {
@@ -44,7 +50,7 @@ func TestPublishMessage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if string(d.Body) != `{"data":{"a":1}}` || d.MessageId != "m-1" || d.Headers["x-k"] != "v" || d.DeliveryMode != amqp.Persistent {
+	if string(d.Body) != `{"data":{"a":1}}` || d.MessageId != "m-1" || d.Headers["x-k"] != "v" || d.Headers["traceparent"] == nil || d.DeliveryMode != amqp.Persistent {
 		t.Errorf("got body %s id %q headers %v mode %d", d.Body, d.MessageId, d.Headers, d.DeliveryMode)
 	}
 	if err := client.PublishMessage(ctx, worker.Message{Exchange: ex, RoutingKey: "nobody.listens", Data: json.RawMessage(`1`)}); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -83,28 +84,59 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // Middleware counts each delivery of a worker's routes; add it with Use.
 func (m *Metrics) Middleware() Middleware {
 	return func(next Handler) Handler {
+		var last atomic.Pointer[routeMetrics]
 		return HandlerFunc(func(ctx context.Context, req *Request) ([]byte, error) {
-			k := "rpc"
-			if kindOf(ctx) == kindQueue {
-				k = "queue"
-			}
+			rm := m.forRoute(&last, kindOf(ctx), req.Route)
 			if req.Redelivered {
-				m.redelivered.WithLabelValues(k, req.Route).Inc()
+				m.redelivered.WithLabelValues(rm.kind, req.Route).Inc()
 			}
-			inFlight := m.inFlight.WithLabelValues(k, req.Route)
-			inFlight.Inc()
+			rm.inFlight.Inc()
 			began := time.Now()
 			out, err := next.Serve(ctx, req)
-			m.duration.WithLabelValues(k, req.Route).Observe(time.Since(began).Seconds())
-			inFlight.Dec()
-			outcome, _, _ := classify(ctx, req, err)
-			m.requests.WithLabelValues(k, req.Route, outcome).Inc()
-			if outcome == OutcomeDeadLettered {
-				m.deadLetters.WithLabelValues(req.Route).Inc()
+			rm.duration.Observe(time.Since(began).Seconds())
+			rm.inFlight.Dec()
+			switch outcome, _, _ := classify(ctx, req, err); outcome {
+			case OutcomeReplied, OutcomeAcked:
+				rm.handled.Inc()
+			default:
+				m.requests.WithLabelValues(rm.kind, req.Route, outcome).Inc()
+				if outcome == OutcomeDeadLettered {
+					m.deadLetters.WithLabelValues(req.Route).Inc()
+				}
 			}
 			return out, err
 		})
 	}
+}
+
+// routeMetrics are the series every delivery of one route touches, looked
+// up once: a pipeline serves one route (or the few events of a
+// subscription), and a lookup hashes its labels each time.
+type routeMetrics struct {
+	kind, route string
+	inFlight    prometheus.Gauge
+	duration    prometheus.Observer
+	handled     prometheus.Counter // requests with outcome replied (RPC) or acked (queue)
+}
+
+// forRoute returns the series of route, from last when it holds them.
+func (m *Metrics) forRoute(last *atomic.Pointer[routeMetrics], k kind, route string) *routeMetrics {
+	name := "rpc"
+	ok := OutcomeReplied
+	if k == kindQueue {
+		name, ok = "queue", OutcomeAcked
+	}
+	if rm := last.Load(); rm != nil && rm.kind == name && rm.route == route {
+		return rm
+	}
+	rm := &routeMetrics{
+		kind: name, route: route,
+		inFlight: m.inFlight.WithLabelValues(name, route),
+		duration: m.duration.WithLabelValues(name, route),
+		handled:  m.requests.WithLabelValues(name, route, ok),
+	}
+	last.Store(rm)
+	return rm
 }
 
 // Client returns the option that makes a Client report its Calls and

@@ -24,11 +24,11 @@ func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { ret
 func (discard) Shutdown(context.Context) error                             { return nil }
 
 // BenchmarkRPCObserved: RPC calls through a worker and a client with
-// tracing (the SDK, every span sampled and batched to an exporter) and
-// metrics on, next to the same calls with both off, in alternating rounds
-// of the same run. ratio is on/off (the goal is >= 0.95); the *-cpu-µs/op
-// metrics say where a call's CPU time went: this process (the client and
-// the worker) or the broker.
+// tracing (the SDK, every trace sampled or one in ten, spans batched to an
+// exporter) and metrics on, next to the same calls with both off, in
+// alternating rounds of the same run. ratio is on/off (the goal is >=
+// 0.95); the *-cpu-µs/op metrics say where a call's CPU time went: this
+// process (the client and the worker) or the broker.
 //
 // deadline=no calls with a ctx without deadline: the off calls carry no
 // AMQP headers at all, the traced ones a traceparent header, so the ratio
@@ -42,9 +42,16 @@ func BenchmarkRPCObserved(b *testing.B) {
 		for _, conc := range []int{1, 64} {
 			// on=none is the control: both sides off, so its ratio is the
 			// benchmark's own noise and bias.
-			for _, on := range []string{"tracing+metrics", "tracing", "metrics", "none"} {
+			// tracing@10% samples one trace in ten (parent-based: the
+			// worker's span follows the caller's choice), as production
+			// services often configure with OTEL_TRACES_SAMPLER.
+			for _, on := range []string{"tracing+metrics", "tracing@10%+metrics", "tracing", "metrics", "none"} {
 				b.Run(fmt.Sprintf("deadline=%s/concurrency=%d/on=%s", yesNo(deadline), conc, on), func(b *testing.B) {
-					benchObserved(b, conc, deadline, strings.Contains(on, "tracing"), strings.Contains(on, "metrics"))
+					sampled := 1.0
+					if strings.Contains(on, "@10%") {
+						sampled = 0.1
+					}
+					benchObserved(b, conc, deadline, strings.Contains(on, "tracing"), sampled, strings.Contains(on, "metrics"))
 				})
 			}
 		}
@@ -58,11 +65,12 @@ func yesNo(v bool) string {
 	return "no"
 }
 
-func benchObserved(b *testing.B, conc int, deadline, tracing, metered bool) {
+func benchObserved(b *testing.B, conc int, deadline, tracing bool, sampled float64, metered bool) {
 	offQ, onQ := route(b, "bench-off"), route(b, "bench-on")
 	echo := worker.Func(func(_ context.Context, in json.RawMessage) (json.RawMessage, error) { return in, nil })
 
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sampled))))
 	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	prop := propagation.TraceContext{}
 	metrics, err := worker.NewMetrics(prometheus.NewRegistry())

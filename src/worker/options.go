@@ -86,8 +86,9 @@ type options struct {
 }
 
 // sendHook is told of a Call (op "call") or Publish (op "publish") about
-// to be sent: it may change the message's headers and returns the ctx to
-// send with and a function to call with the result.
+// to be sent: it may add to the message's headers, which are nil or a
+// table the Client made for this message (never the caller's map), and
+// returns the ctx to send with and a function to call with the result.
 type sendHook func(ctx context.Context, op, route string, msg *amqp.Publishing) (context.Context, func(error))
 
 // Retry is the retry policy of a [Queue] worker: a failed handler runs again

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel"
@@ -102,8 +103,10 @@ func (c Carrier) Keys() []string {
 // named "process ROUTE", child of the trace context in its headers (a new
 // root span when it has none), with the messaging attributes (system
 // rabbitmq, destination and routing key = the route, operation process,
-// message and correlation ids, redelivered) and, when it ends, its outcome
+// message and correlation ids, body size, redelivered) and its outcome
 // ([AttrOutcome]; on failure error.type, the error id and an error status).
+// A sampler sees the system, destination and operation type; the rest is
+// set when the delivery's result is known.
 // The handler's ctx carries the span, so what it does with ctx (SQL through
 // db's tracer, Calls and Publishes of a traced Client, log records) joins
 // the trace. Add it first with Use so it spans the whole delivery, retries
@@ -111,38 +114,79 @@ func (c Carrier) Keys() []string {
 func Trace(tp trace.TracerProvider, prop propagation.TextMapPropagator) Middleware {
 	tracer, prop := tracing(tp, prop)
 	return func(next Handler) Handler {
+		var starts spanStarts
 		return HandlerFunc(func(ctx context.Context, req *Request) ([]byte, error) {
 			if req.Headers != nil {
 				ctx = prop.Extract(ctx, Carrier(req.Headers))
 			}
-			ctx, span := tracer.Start(ctx, "process "+req.Route, trace.WithSpanKind(trace.SpanKindConsumer),
-				trace.WithAttributes(
-					attrSystem.String("rabbitmq"),
-					attrDestination.String(req.Route),
-					attrRoutingKey.String(req.Route),
-					attrOperationType.String("process"),
-					attrOperationName.String("process"),
-					attrMessageID.String(req.MessageID),
-					attrConversation.String(req.CorrelationID),
-					attrBodySize.Int(len(req.Data)),
-					AttrRedelivered.Bool(req.Redelivered),
-				))
+			// What a sampler may look at goes in at the start (the semantic
+			// conventions' creation-time attributes); the rest goes in at the
+			// end, with the outcome, in one call: the SDK copies a span's
+			// attributes each time it has to grow them.
+			start := starts.get(req.Route)
+			ctx, span := tracer.Start(ctx, start.name, start.opts...)
 			defer span.End()
 			out, err := next.Serve(ctx, req)
+			if !span.IsRecording() { // not sampled
+				return out, err
+			}
 			outcome, typ, id := classify(ctx, req, err)
-			span.SetAttributes(AttrOutcome.String(outcome))
+			attrs := make([]attribute.KeyValue, 0, 9)
+			attrs = append(attrs,
+				attrRoutingKey.String(req.Route),
+				attrOperationName.String("process"),
+				attrBodySize.Int(len(req.Data)),
+				AttrRedelivered.Bool(req.Redelivered),
+				AttrOutcome.String(outcome),
+			)
+			if req.MessageID != "" {
+				attrs = append(attrs, attrMessageID.String(req.MessageID))
+			}
+			if req.CorrelationID != "" {
+				attrs = append(attrs, attrConversation.String(req.CorrelationID))
+			}
 			if err != nil {
-				span.SetAttributes(attrErrorType.String(typ))
+				attrs = append(attrs, attrErrorType.String(typ))
 				if id != "" {
-					span.SetAttributes(AttrErrorID.String(id))
+					attrs = append(attrs, AttrErrorID.String(id))
 				}
-				if outcome == OutcomeError || outcome == OutcomeDeadLettered || outcome == OutcomeRetrying || outcome == OutcomeRefused {
-					span.SetStatus(codes.Error, typ)
-				}
+			}
+			span.SetAttributes(attrs...)
+			if err != nil && (outcome == OutcomeError || outcome == OutcomeDeadLettered || outcome == OutcomeRetrying || outcome == OutcomeRefused) {
+				span.SetStatus(codes.Error, typ)
 			}
 			return out, err
 		})
 	}
+}
+
+// spanStarts makes the name and start options of a route's consumer
+// spans once per route: a pipeline serves one route, or a few (a
+// subscription's events), so after the first delivery they cost no
+// allocation.
+type spanStarts struct {
+	last atomic.Pointer[spanStart]
+}
+
+type spanStart struct {
+	route, name string
+	opts        []trace.SpanStartOption
+}
+
+func (c *spanStarts) get(route string) *spanStart {
+	if s := c.last.Load(); s != nil && s.route == route {
+		return s
+	}
+	s := &spanStart{route: route, name: "process " + route, opts: []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attrSystem.String("rabbitmq"),
+			attrDestination.String(route),
+			attrOperationType.String("process"),
+		),
+	}}
+	c.last.Store(s)
+	return s
 }
 
 // classify names what becomes of a delivery whose pipeline returned err,
@@ -215,21 +259,28 @@ func WithTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) Cl
 				trace.WithAttributes(
 					attrSystem.String("rabbitmq"),
 					attrDestination.String(route),
-					attrRoutingKey.String(route),
 					attrOperationType.String("send"),
+				))
+			if span.IsRecording() { // sampled
+				attrs := make([]attribute.KeyValue, 0, 5)
+				attrs = append(attrs,
+					attrRoutingKey.String(route),
 					attrOperationName.String(op),
 					attrBodySize.Int(len(msg.Body)),
-				))
-			if msg.MessageId != "" {
-				span.SetAttributes(attrMessageID.String(msg.MessageId), attrConversation.String(msg.CorrelationId))
+				)
+				if msg.MessageId != "" {
+					attrs = append(attrs, attrMessageID.String(msg.MessageId))
+				}
+				if msg.CorrelationId != "" {
+					attrs = append(attrs, attrConversation.String(msg.CorrelationId))
+				}
+				span.SetAttributes(attrs...)
 			}
 			if span.SpanContext().IsValid() {
-				headers := make(amqp.Table, len(msg.Headers)+2)
-				for k, v := range msg.Headers {
-					headers[k] = v
+				if msg.Headers == nil {
+					msg.Headers = make(amqp.Table, 2)
 				}
-				prop.Inject(ctx, Carrier(headers))
-				msg.Headers = headers
+				prop.Inject(ctx, Carrier(msg.Headers)) // the Client's own table (sendHook)
 			}
 			return ctx, func(err error) {
 				if err != nil {

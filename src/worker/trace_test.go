@@ -478,3 +478,42 @@ func requests(t *testing.T, reg *prometheus.Registry, kind, route, outcome strin
 	}
 	return 0
 }
+
+// One Metrics middleware whose pipeline serves several routes (as an
+// events subscription's does) counts each delivery under its own route and
+// outcome, whichever route came before it. No broker: the middleware is
+// called directly.
+func TestMetricsRoutesOfOnePipeline(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	metrics, err := worker.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := metrics.Middleware()(worker.HandlerFunc(func(_ context.Context, req *worker.Request) ([]byte, error) {
+		if string(req.Data) == "fail" {
+			return nil, errors.New("failed")
+		}
+		return req.Data, nil
+	}))
+	var wg sync.WaitGroup
+	for i := range 300 {
+		wg.Go(func() {
+			r := []string{"a", "b", "c"}[i%3]
+			data := "ok"
+			if i%5 == 0 {
+				data = "fail"
+			}
+			_, _ = h.Serve(context.Background(), &worker.Request{Route: r, Data: []byte(data)})
+		})
+	}
+	wg.Wait()
+	for _, r := range []string{"a", "b", "c"} {
+		// i%3 picks the route, i%5 == 0 the failures: 20 of each route's 100.
+		if got := requests(t, reg, "rpc", r, worker.OutcomeReplied); got != 80 {
+			t.Errorf("requests{route=%s,outcome=replied} = %v, want 80", r, got)
+		}
+		if got := requests(t, reg, "rpc", r, worker.OutcomeError); got != 20 {
+			t.Errorf("requests{route=%s,outcome=error} = %v, want 20", r, got)
+		}
+	}
+}
