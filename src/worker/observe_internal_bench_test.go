@@ -60,8 +60,10 @@ func BenchmarkObserveHooks(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				msg := amqp.Publishing{CorrelationId: "c1", MessageId: "c1", Body: data,
-					Headers: amqp.Table{HeaderDeadline: int64(1)}}
+				msg := amqp.Publishing{
+					CorrelationId: "c1", MessageId: "c1", Body: data,
+					Headers: amqp.Table{HeaderDeadline: int64(1)},
+				}
 				_, end := c.sending(context.Background(), "call", "bench", &msg)
 				req := &Request{Route: "bench", Data: data, Headers: msg.Headers, MessageID: msg.MessageId, CorrelationID: msg.CorrelationId}
 				if _, err := h.Serve(base, req); err != nil {
