@@ -46,22 +46,12 @@ func pendingCmd(ctx context.Context, o options) (err error) {
 
 	// Only the server is used: the scratch databases live next to the
 	// target, which itself is never opened.
-	srv, err := openServer(ctx, o.cfg, o.log)
+	dbs, done, err := openScratch(ctx, o.cfg, o.log, "pending: the production dump", "pending: the models' schema")
+	defer done(&err)
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
-	srv.dropStale(ctx)
-	from, err := srv.create(ctx, "pending: the production dump")
-	if err != nil {
-		return err
-	}
-	defer from.dropInto(ctx, &err)
-	to, err := srv.create(ctx, "pending: the models' schema")
-	if err != nil {
-		return err
-	}
-	defer to.dropInto(ctx, &err)
+	from, to := dbs[0], dbs[1]
 
 	current, err := load(ctx, o, from, []source{dump}, true)
 	if err != nil {

@@ -164,6 +164,34 @@ func (sc *scratch) drop(ctx context.Context) error {
 	return nil
 }
 
+// openScratch connects to cfg's server, drops the scratch databases killed
+// runs left there, and creates one scratch database per purpose (logged),
+// in that order. done drops them, last first, and closes the connection,
+// joining a failure into *errp; defer it at once, before checking err: on
+// an error it drops what was made.
+func openScratch(ctx context.Context, cfg db.Config, log *slog.Logger, purposes ...string) (dbs []*scratch, done func(errp *error), err error) {
+	done = func(*error) {}
+	srv, err := openServer(ctx, cfg, log)
+	if err != nil {
+		return nil, done, err
+	}
+	done = func(errp *error) {
+		for i := len(dbs) - 1; i >= 0; i-- {
+			dbs[i].dropInto(ctx, errp)
+		}
+		_ = srv.Close()
+	}
+	srv.dropStale(ctx)
+	for _, p := range purposes {
+		sc, err := srv.create(ctx, p)
+		if err != nil {
+			return dbs, done, err
+		}
+		dbs = append(dbs, sc)
+	}
+	return dbs, done, nil
+}
+
 // dropInto drops sc and joins a failure to *errp, for use in defer.
 func (sc *scratch) dropInto(ctx context.Context, errp *error) {
 	if err := sc.drop(ctx); err != nil {

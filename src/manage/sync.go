@@ -65,18 +65,12 @@ func syncCmd(ctx context.Context, o options) (err error) {
 		}
 	}()
 
-	srv, err := openServer(ctx, o.cfg, o.log)
+	dbs, done, err := openScratch(ctx, o.cfg, o.log, "sync: the models' schema")
+	defer done(&err)
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
-	srv.dropStale(ctx)
-	sc, err := srv.create(ctx, "sync: the models' schema")
-	if err != nil {
-		return err
-	}
-	defer sc.dropInto(ctx, &err)
-	desired, err := load(ctx, o, sc, srcs, false)
+	desired, err := load(ctx, o, dbs[0], srcs, false)
 	if err != nil {
 		return err
 	}
