@@ -12,6 +12,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"example.com/service/src/worker"
 )
@@ -45,13 +47,31 @@ func BenchmarkRPCObserved(b *testing.B) {
 			// tracing@10% samples one trace in ten (parent-based: the
 			// worker's span follows the caller's choice), as production
 			// services often configure with OTEL_TRACES_SAMPLER.
-			for _, on := range []string{"tracing+metrics", "tracing@10%+metrics", "tracing", "metrics", "none"} {
+			// context runs the tracing code with OpenTelemetry's no-op
+			// tracer under a caller's span context: the traceparent header
+			// travels and is read back, no span is made (the header and the
+			// hooks without the SDK).
+			for _, on := range []string{"tracing+metrics", "tracing@10%+metrics", "tracing", "context", "metrics", "none"} {
 				b.Run(fmt.Sprintf("deadline=%s/concurrency=%d/on=%s", yesNo(deadline), conc, on), func(b *testing.B) {
-					sampled := 1.0
-					if strings.Contains(on, "@10%") {
-						sampled = 0.1
+					var tp trace.TracerProvider
+					ctx := context.Background()
+					switch {
+					case on == "context":
+						tp = noop.NewTracerProvider()
+						ctx = trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+							TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled,
+						}))
+					case strings.Contains(on, "tracing"):
+						sampled := 1.0
+						if strings.Contains(on, "@10%") {
+							sampled = 0.1
+						}
+						sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}),
+							sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sampled))))
+						b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
+						tp = sdk
 					}
-					benchObserved(b, conc, deadline, strings.Contains(on, "tracing"), sampled, strings.Contains(on, "metrics"))
+					benchObserved(b, conc, deadline, ctx, tp, strings.Contains(on, "metrics"))
 				})
 			}
 		}
@@ -65,13 +85,13 @@ func yesNo(v bool) string {
 	return "no"
 }
 
-func benchObserved(b *testing.B, conc int, deadline, tracing bool, sampled float64, metered bool) {
+// benchObserved compares calls with tp's tracing (none when nil) and
+// metrics (when metered) to calls with neither; the traced calls start
+// from onCtx.
+func benchObserved(b *testing.B, conc int, deadline bool, onCtx context.Context, tp trace.TracerProvider, metered bool) {
 	offQ, onQ := route(b, "bench-off"), route(b, "bench-on")
 	echo := worker.Func(func(_ context.Context, in json.RawMessage) (json.RawMessage, error) { return in, nil })
 
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sampled))))
-	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	prop := propagation.TraceContext{}
 	metrics, err := worker.NewMetrics(prometheus.NewRegistry())
 	if err != nil {
@@ -84,7 +104,7 @@ func benchObserved(b *testing.B, conc int, deadline, tracing bool, sampled float
 	start(b, off)
 	on := worker.NewRPC(conn)
 	var opts []worker.ClientOption
-	if tracing {
+	if tp != nil {
 		on.Use(worker.Trace(tp, prop))
 		opts = append(opts, worker.WithTracing(tp, prop))
 	}
@@ -99,9 +119,9 @@ func benchObserved(b *testing.B, conc int, deadline, tracing bool, sampled float
 	offC := worker.NewClient(cconn, worker.WithEncoding(worker.JSON))
 	onC := worker.NewClient(cconn, append(opts, worker.WithEncoding(worker.JSON))...)
 	b.Cleanup(func() { _ = offC.Close(); _ = onC.Close() })
-	call := func(c *worker.Client, q string) func() error {
+	call := func(base context.Context, c *worker.Client, q string) func() error {
 		return func() error {
-			ctx := context.Background()
+			ctx := base
 			if deadline {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
@@ -111,14 +131,14 @@ func benchObserved(b *testing.B, conc int, deadline, tracing bool, sampled float
 			return c.Call(ctx, q, benchPayload, &out)
 		}
 	}
-	for _, warm := range []func() error{call(offC, offQ), call(onC, onQ)} {
+	for _, warm := range []func() error{call(context.Background(), offC, offQ), call(onCtx, onC, onQ)} {
 		if err := warm(); err != nil {
 			b.Fatal(err)
 		}
 	}
 
 	b.ResetTimer()
-	c, err := compare(b.N, conc, max(200, conc*10), call(offC, offQ), call(onC, onQ))
+	c, err := compare(b.N, conc, max(200, conc*10), call(context.Background(), offC, offQ), call(onCtx, onC, onQ))
 	if err != nil {
 		b.Fatal(err)
 	}
