@@ -71,7 +71,7 @@ func BenchmarkRPCObserved(b *testing.B) {
 						b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
 						tp = sdk
 					}
-					benchObserved(b, conc, deadline, ctx, tp, strings.Contains(on, "metrics"))
+					benchObserved(ctx, b, conc, deadline, tp, strings.Contains(on, "metrics"))
 				})
 			}
 		}
@@ -88,7 +88,7 @@ func yesNo(v bool) string {
 // benchObserved compares calls with tp's tracing (none when nil) and
 // metrics (when metered) to calls with neither; the traced calls start
 // from onCtx.
-func benchObserved(b *testing.B, conc int, deadline bool, onCtx context.Context, tp trace.TracerProvider, metered bool) {
+func benchObserved(onCtx context.Context, b *testing.B, conc int, deadline bool, tp trace.TracerProvider, metered bool) {
 	offQ, onQ := route(b, "bench-off"), route(b, "bench-on")
 	echo := worker.Func(func(_ context.Context, in json.RawMessage) (json.RawMessage, error) { return in, nil })
 
