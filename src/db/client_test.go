@@ -99,19 +99,8 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 }
 
-// freePort returns a local TCP port nothing listens on.
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	return port
-}
-
 func TestOpenGivesUpWithOneClearLine(t *testing.T) {
-	port := freePort(t)
+	port := testenv.FreePorts(t, 1)[0]
 	cfg := db.Config{Host: "127.0.0.1", Port: port, Database: "x", Password: "s3cret"}
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
@@ -144,7 +133,7 @@ func TestOpenRetriesUntilReachable(t *testing.T) {
 		t.Skip("needs PostgreSQL")
 	}
 	testenv.RequirePostgres(t)
-	port := freePort(t)
+	port := testenv.FreePorts(t, 1)[0]
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})

@@ -229,6 +229,25 @@ func Count(tb testing.TB, key string, everyday, full int) int {
 	return everyday
 }
 
+// FreePorts returns n distinct TCP ports on 127.0.0.1 that nothing listens
+// on at the moment: it holds each open until it has them all, so two never
+// come out the same (asked one at a time, the kernel may hand out a port
+// again once it is closed).
+func FreePorts(tb testing.TB, n int) []int {
+	tb.Helper()
+	ports := make([]int, 0, n)
+	var lc net.ListenConfig
+	for range n {
+		l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("find a free TCP port on 127.0.0.1: %v", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
 // Name returns prefix followed by a random hex suffix: a name for queues and
 // databases that no other test run uses.
 func Name(prefix string) string {

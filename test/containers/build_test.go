@@ -4,7 +4,6 @@ package containers_test
 
 import (
 	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -173,15 +172,4 @@ func buildImages(t *testing.T, e *engine, p *project) {
 	if !strings.Contains(out, "3.") {
 		t.Errorf("go tool task --version in the dev image printed %q", out)
 	}
-}
-
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

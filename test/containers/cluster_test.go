@@ -13,6 +13,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"example.com/service/src/testenv"
 )
 
 // composeCluster brings compose.yaml's cluster profile up as the README
@@ -24,7 +26,7 @@ func composeCluster(t *testing.T, e *engine, p *project) {
 	if t.Failed() || p == nil {
 		return
 	}
-	ports := []int{freePort(t), freePort(t), freePort(t)}
+	ports := testenv.FreePorts(t, 3)
 	s := &stack{
 		e: e, p: p, profiles: []string{"cluster"},
 		files: []string{"compose.yaml", filepath.Join(moduleRoot(t), "test", "containers", "machine.cluster.compose.yaml")},

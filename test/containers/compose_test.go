@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"example.com/service/src/testenv"
 	"example.com/service/src/worker"
 )
 
@@ -60,8 +61,9 @@ func composeStack(t *testing.T, e *engine, p *project) {
 	if t.Failed() || p == nil {
 		return
 	}
+	ports := testenv.FreePorts(t, 3)
 	s := &stack{
-		e: e, p: p, amqp: freePort(t), mgmt: freePort(t), pg: freePort(t),
+		e: e, p: p, amqp: ports[0], mgmt: ports[1], pg: ports[2],
 		files: []string{"compose.yaml", p.machine, p.ports},
 	}
 	s.env = []string{

@@ -168,7 +168,8 @@ func TestTaskDevWithoutServices(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "tool", "task", "dev")
 	cmd.Dir = dir
-	brokerPort, dbPort := strconv.Itoa(freePort(t)), strconv.Itoa(freePort(t))
+	ports := testenv.FreePorts(t, 2)
+	brokerPort, dbPort := strconv.Itoa(ports[0]), strconv.Itoa(ports[1])
 	cmd.Env = append(os.Environ(),
 		"BROKER_HOST=127.0.0.1", "BROKER_PORT="+brokerPort,
 		"DB_HOST=127.0.0.1", "DB_PORT="+dbPort,

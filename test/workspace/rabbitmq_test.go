@@ -62,9 +62,10 @@ func TestRabbitMQConfigBootsANode(t *testing.T) {
 	n := &rabbitNode{
 		name: testenv.Name("wstest-") + "@localhost",
 		sbin: sbin,
-		amqp: freePort(t), mgmt: freePort(t), prom: freePort(t),
 	}
-	dist := freePort(t)
+	ports := testenv.FreePorts(t, 4)
+	n.amqp, n.mgmt, n.prom = ports[0], ports[1], ports[2]
+	dist := ports[3]
 
 	// A temporary copy of the configuration with its own ports and paths.
 	configs := filepath.Join(dir, "rabbitmq-configs")
@@ -313,17 +314,6 @@ func rabbitSbin(t *testing.T) string {
 	}
 	t.Skip("RabbitMQ is not installed (no rabbitmq-server; set RABBITMQ_SBIN to its directory)")
 	return ""
-}
-
-// freePort returns a TCP port nothing listens on at the moment.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // brokerAnswers reports whether something accepts connections at the
