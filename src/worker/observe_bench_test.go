@@ -11,19 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"example.com/service/src/worker"
 )
-
-// discard is a span exporter that drops what it is given: the benchmark
-// pays for recording, batching and handing over spans, not for a network.
-type discard struct{}
-
-func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
-func (discard) Shutdown(context.Context) error                             { return nil }
 
 // BenchmarkRPCObserved: RPC calls through a worker and a client with
 // tracing (the SDK, every trace sampled or one in ten, spans batched to an
@@ -58,18 +50,13 @@ func BenchmarkRPCObserved(b *testing.B) {
 					switch {
 					case on == "context":
 						tp = noop.NewTracerProvider()
-						ctx = trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
-							TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled,
-						}))
+						ctx = worker.BenchCaller(ctx)
 					case strings.Contains(on, "tracing"):
 						sampled := 1.0
 						if strings.Contains(on, "@10%") {
 							sampled = 0.1
 						}
-						sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}),
-							sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sampled))))
-						b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
-						tp = sdk
+						tp = worker.BenchTracing(b, sampled)
 					}
 					benchObserved(ctx, b, conc, deadline, tp, strings.Contains(on, "metrics"))
 				})

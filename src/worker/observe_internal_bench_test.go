@@ -13,18 +13,39 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 )
 
-type discardSpans struct{}
+// discard is a span exporter that drops what it is given: the benchmarks
+// pay for recording, batching and handing over spans, not for a network.
+type discard struct{}
 
-func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
-func (discardSpans) Shutdown(context.Context) error                             { return nil }
+func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discard) Shutdown(context.Context) error                             { return nil }
+
+// BenchTracing is the benchmarks' SDK (for this package's and worker_test's):
+// parent-based sampling of the fraction sampled of traces, spans batched to
+// an exporter that drops them, shut down when tb ends.
+func BenchTracing(tb testing.TB, sampled float64) *sdktrace.TracerProvider {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discard{}),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sampled))))
+	tb.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return tp
+}
+
+// BenchCaller returns ctx under a fixed sampled span context: a caller's
+// trace, for the no-op tracer to pass on.
+func BenchCaller(ctx context.Context) context.Context {
+	return trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled,
+	}))
+}
 
 // BenchmarkObserveHooks: what tracing and metrics cost a call in this
 // process alone, without a broker: a Client's send hooks (span, headers,
 // call histogram) and a worker's Trace and Metrics middleware around an
 // echo handler, every trace sampled (or one in ten: @10%), spans batched
 // to an exporter that drops them; context is the tracing code with the
-// no-op tracer under a caller's span context (headers, no spans). ns/op and allocs/op are one call's both
-// sides; on=none is the benchmark's own share (a message, a request).
+// no-op tracer under a caller's span context (headers, no spans). ns/op
+// and allocs/op are one call's both sides; on=none is the benchmark's own
+// share (a message, a request).
 func BenchmarkObserveHooks(b *testing.B) {
 	for _, on := range []string{"tracing+metrics", "tracing", "tracing@10%", "context", "metrics", "none"} {
 		b.Run("on="+on, func(b *testing.B) {
@@ -32,16 +53,11 @@ func BenchmarkObserveHooks(b *testing.B) {
 			if strings.Contains(on, "@10%") {
 				sampled = 0.1
 			}
-			sdk := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardSpans{}),
-				sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sampled))))
-			b.Cleanup(func() { _ = sdk.Shutdown(context.Background()) })
-			var tp trace.TracerProvider = sdk
+			var tp trace.TracerProvider = BenchTracing(b, sampled)
 			callCtx := context.Background()
 			if on == "context" { // no spans: the no-op tracer under a caller's span context
 				tp = noop.NewTracerProvider()
-				callCtx = trace.ContextWithSpanContext(callCtx, trace.NewSpanContext(trace.SpanContextConfig{
-					TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled,
-				}))
+				callCtx = BenchCaller(callCtx)
 			}
 			prop := propagation.TraceContext{}
 			m, err := NewMetrics(prometheus.NewRegistry())
