@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"example.com/service/src/internal/fields"
 )
 
 // Model reads and writes rows of one table as values of T, a struct whose
@@ -115,7 +117,7 @@ func newTable(rt reflect.Type, name string) (*table, error) {
 		parts[i] = quoteIdent(p)
 	}
 	t.quoted = strings.Join(parts, ".")
-	if err := t.addFields(rt, nil); err != nil {
+	if err := t.addFields(rt); err != nil {
 		return nil, fmt.Errorf("model of table %q with row type %s: %w", name, rt, err)
 	}
 	if t.key < 0 {
@@ -144,41 +146,23 @@ func newTable(rt reflect.Type, name string) (*table, error) {
 	return t, nil
 }
 
-func (t *table) addFields(rt reflect.Type, index []int) error {
-	for i := range rt.NumField() {
-		f := rt.Field(i)
-		tag := f.Tag.Get("db")
-		if tag == "-" {
-			continue
+func (t *table) addFields(rt reflect.Type) error {
+	return fields.Walk(rt, "db", false, func(f fields.Field) error {
+		if f.Anonymous && f.Type.Kind() == reflect.Pointer {
+			return fmt.Errorf("embedded pointer %s: embed the struct by value", f.Name)
 		}
-		name, opts, _ := strings.Cut(tag, ",")
-		idx := append(slices.Clone(index), i)
-		if f.Anonymous && name == "" {
-			ft := f.Type
-			if ft.Kind() == reflect.Struct {
-				if err := t.addFields(ft, idx); err != nil {
-					return err
-				}
-				continue
-			}
-			if ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct {
-				return fmt.Errorf("embedded pointer %s: embed the struct by value", f.Name)
-			}
-		}
-		if !f.IsExported() {
-			continue
-		}
+		name := f.TagName
 		if name == "" {
 			name = strings.ToLower(f.Name)
 		}
 		if _, dup := t.byName[name]; dup {
 			return fmt.Errorf("column %q named by two fields", name)
 		}
-		c := column{name: name, quoted: quoteIdent(name), index: idx, typ: f.Type, mutable: true}
+		c := column{name: name, quoted: quoteIdent(name), index: f.Path, typ: f.Type, mutable: true}
 		c.asBytes = f.Type != bytesType && f.Type.ConvertibleTo(bytesType) && f.Type.Kind() == reflect.Slice &&
 			!reflect.PointerTo(f.Type).Implements(scannerType)
 		keyTag := false
-		for o := range strings.SplitSeq(opts, ",") {
+		for o := range strings.SplitSeq(f.TagOpts, ",") {
 			switch o {
 			case "":
 			case "default":
@@ -203,8 +187,8 @@ func (t *table) addFields(rt reflect.Type, index []int) error {
 		}
 		t.byName[name] = len(t.cols)
 		t.cols = append(t.cols, c)
-	}
-	return nil
+		return nil
+	})
 }
 
 var (

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"time"
+
+	"example.com/service/src/internal/fields"
 )
 
 // jsonField is a struct field as encoding/json sees it.
@@ -17,46 +19,24 @@ type jsonField struct {
 
 // jsonFields lists the fields encoding/json encodes and decodes for struct
 // type t: exported fields by their json tag name (or Go name), "-" left
-// out, embedded structs' fields promoted.
+// out, embedded structs' fields promoted (through pointers too), the first
+// of two fields with one name kept.
 func jsonFields(t reflect.Type) []jsonField {
 	var out []jsonField
 	seen := map[string]bool{}
-	var walk func(t reflect.Type, depth int)
-	walk = func(t reflect.Type, depth int) {
-		if depth > 8 {
-			return
+	// The only error is embedding deeper than fields.MaxDepth: the fields
+	// found above it stand.
+	_ = fields.Walk(t, "json", true, func(f fields.Field) error {
+		name := f.TagName
+		if name == "" {
+			name = f.Name
 		}
-		for i := range t.NumField() {
-			f := t.Field(i)
-			tag := f.Tag.Get("json")
-			if tag == "-" {
-				continue
-			}
-			name, opts, _ := strings.Cut(tag, ",")
-			ft := f.Type
-			if f.Anonymous && name == "" {
-				for ft.Kind() == reflect.Pointer {
-					ft = ft.Elem()
-				}
-				if ft.Kind() == reflect.Struct {
-					walk(ft, depth+1)
-					continue
-				}
-			}
-			if !f.IsExported() {
-				continue
-			}
-			if name == "" {
-				name = f.Name
-			}
-			if seen[name] {
-				continue
-			}
+		if !seen[name] {
 			seen[name] = true
-			out = append(out, jsonField{name: name, typ: f.Type, omitempty: strings.Contains(opts, "omitempty") || strings.Contains(opts, "omitzero")})
+			out = append(out, jsonField{name: name, typ: f.Type, omitempty: f.Has("omitempty") || f.Has("omitzero")})
 		}
-	}
-	walk(t, 0)
+		return nil
+	})
 	return out
 }
 
