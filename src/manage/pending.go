@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
-
-	"ariga.io/atlas/sql/postgres"
 )
 
 // ErrNoDump is returned by pending when the production dump is missing.
@@ -61,15 +59,11 @@ func pendingCmd(ctx context.Context, o options) (err error) {
 	if err != nil {
 		return err
 	}
-	conn, err := openDB(ctx, from.cfg)
+	conn, drv, err := openDriver(ctx, from.cfg, "scratch database "+from.name)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	drv, err := postgres.Open(conn)
-	if err != nil {
-		return fmt.Errorf("open scratch database %s: %w", from.name, err)
-	}
 	p, err := makePlan(ctx, drv, drv, current, desired)
 	if err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"ariga.io/atlas/sql/migrate"
+	"ariga.io/atlas/sql/postgres"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 
 	"example.com/service/src/db"
@@ -67,6 +69,22 @@ func openDB(ctx context.Context, cfg db.Config) (*sql.DB, error) {
 		return nil, fmt.Errorf("cannot connect to PostgreSQL at %s: %w; check that the server runs and DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASS (or DB_URL) point at it", cfg, err)
 	}
 	return conn, nil
+}
+
+// openDriver opens the database cfg names, as openDB does, and Atlas's
+// PostgreSQL driver on it; what names the database in the driver's error.
+// The caller closes the returned *sql.DB.
+func openDriver(ctx context.Context, cfg db.Config, what string) (*sql.DB, migrate.Driver, error) {
+	conn, err := openDB(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	drv, err := postgres.Open(conn)
+	if err != nil {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("open %s: %w", what, err)
+	}
+	return conn, drv, nil
 }
 
 // scratch is a database created by this run.

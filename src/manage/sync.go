@@ -40,15 +40,11 @@ func syncCmd(ctx context.Context, o options) (err error) {
 		fmt.Fprintln(o.stderr, "warning:", w)
 	}
 
-	target, err := openDB(ctx, o.cfg)
+	target, drv, err := openDriver(ctx, o.cfg, o.cfg.String())
 	if err != nil {
 		return err
 	}
 	defer target.Close()
-	drv, err := postgres.Open(target)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", o.cfg, err)
-	}
 	unlock, err := drv.Lock(ctx, lockName, o.lockTimeout)
 	if err != nil {
 		if errors.Is(err, schema.ErrLocked) {
