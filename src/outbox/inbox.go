@@ -21,10 +21,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -67,10 +65,7 @@ type Inbox struct {
 	db      *db.Client
 	cfg     InboxConfig
 	skipped atomic.Int64
-
-	mu   sync.Mutex
-	stop chan struct{}
-	done chan struct{}
+	pruner  background
 }
 
 // NewInbox returns the inbox of the database c.
@@ -168,25 +163,11 @@ func (in *Inbox) Prune(ctx context.Context) (int64, error) {
 
 // Start prunes once and then every PruneEvery in the background, until
 // Shutdown. A failed prune is logged and tried again at the next tick.
-func (in *Inbox) Start(ctx context.Context) error {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.stop != nil {
-		return errors.New("inbox pruner started twice")
-	}
-	in.stop, in.done = make(chan struct{}), make(chan struct{})
-	go in.pruneLoop(in.stop, in.done)
-	return nil
+func (in *Inbox) Start(context.Context) error {
+	return in.pruner.start("inbox pruner", in.pruneLoop)
 }
 
-func (in *Inbox) pruneLoop(stop, done chan struct{}) {
-	defer close(done)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-stop
-		cancel()
-	}()
+func (in *Inbox) pruneLoop(ctx context.Context) {
 	t := time.NewTicker(in.cfg.PruneEvery)
 	defer t.Stop()
 	for {
@@ -198,7 +179,7 @@ func (in *Inbox) pruneLoop(stop, done chan struct{}) {
 			in.cfg.Logger.Info("pruned the inbox", "rows", n, "older_than", in.cfg.Retention)
 		}
 		select {
-		case <-stop:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -208,21 +189,5 @@ func (in *Inbox) pruneLoop(stop, done chan struct{}) {
 // Shutdown stops the pruning and waits for a prune in progress (which it
 // cancels) until ctx ends.
 func (in *Inbox) Shutdown(ctx context.Context) error {
-	in.mu.Lock()
-	stop, done := in.stop, in.done
-	in.mu.Unlock()
-	if stop == nil {
-		return nil
-	}
-	select {
-	case <-stop:
-	default:
-		close(stop)
-	}
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("inbox pruner did not stop: %w", ctx.Err())
-	}
+	return in.pruner.stop(ctx, "inbox pruner")
 }

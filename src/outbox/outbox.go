@@ -160,10 +160,7 @@ type Relay struct {
 	db     *db.Client
 	client *worker.Client
 	cfg    RelayConfig
-
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	loops  background
 }
 
 // NewRelay returns a relay publishing the outbox of c through client.
@@ -293,22 +290,15 @@ func (r *Relay) round(ctx context.Context) (sent, locked int, err error) {
 
 // Start begins relaying in the background: a first round at once, then
 // one on every notification and every Poll.
-func (r *Relay) Start(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.done != nil {
-		return errors.New("outbox relay started twice")
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	r.cancel, r.done = cancel, make(chan struct{})
-	wake := make(chan struct{}, 1)
-	go r.listen(runCtx, wake)
-	go r.loop(runCtx, wake, r.done)
-	return nil
+func (r *Relay) Start(context.Context) error {
+	return r.loops.start("outbox relay", func(ctx context.Context) {
+		wake := make(chan struct{}, 1)
+		go r.listen(ctx, wake)
+		r.loop(ctx, wake)
+	})
 }
 
-func (r *Relay) loop(ctx context.Context, wake <-chan struct{}, done chan struct{}) {
-	defer close(done)
+func (r *Relay) loop(ctx context.Context, wake <-chan struct{}) {
 	t := time.NewTicker(r.cfg.Poll)
 	defer t.Stop()
 	for {
@@ -383,9 +373,41 @@ func (r *Relay) listenOnce(ctx context.Context, signal func()) error {
 // Shutdown stops relaying: the round in progress is cancelled (its rows
 // stay, unless already deleted) and Shutdown waits for it until ctx ends.
 func (r *Relay) Shutdown(ctx context.Context) error {
-	r.mu.Lock()
-	cancel, done := r.cancel, r.done
-	r.mu.Unlock()
+	return r.loops.stop(ctx, "outbox relay")
+}
+
+// background is one goroutine that runs from start to stop: the Inbox's
+// pruner, the Relay's loop.
+type background struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// start runs run in a goroutine of its own, with a ctx that stop cancels;
+// what names the goroutine in errors. A second start is an error.
+func (b *background) start(what string, run func(ctx context.Context)) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done != nil {
+		return fmt.Errorf("%s started twice", what)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.cancel, b.done = cancel, make(chan struct{})
+	go func(done chan struct{}) {
+		defer close(done)
+		run(ctx)
+	}(b.done)
+	return nil
+}
+
+// stop cancels the goroutine's ctx and waits, until ctx ends, for run to
+// return. It returns nil at once when start never ran, and when run has
+// returned already (a second stop).
+func (b *background) stop(ctx context.Context, what string) error {
+	b.mu.Lock()
+	cancel, done := b.cancel, b.done
+	b.mu.Unlock()
 	if done == nil {
 		return nil
 	}
@@ -394,7 +416,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("outbox relay did not stop: %w", ctx.Err())
+		return fmt.Errorf("%s did not stop: %w", what, ctx.Err())
 	}
 }
 
