@@ -63,19 +63,20 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Errorf("socket directory: %q parses to %+v, %v", sock, pc, err)
 	}
 
-	for _, port := range []string{"x", "0", "70000", "-1"} {
-		t.Setenv("DB_PORT", port)
-		_, err := db.ConfigFromEnv()
-		if err == nil || !strings.Contains(err.Error(), `DB_PORT="`+port+`": not a port number`) {
-			t.Errorf("DB_PORT=%s: %v", port, err)
+	// An invalid setting is refused, naming the variable and its value.
+	for _, bad := range []struct{ key, value, want string }{
+		{"DB_PORT", "x", `DB_PORT="x": not a port number`},
+		{"DB_PORT", "0", `DB_PORT="0": not a port number`},
+		{"DB_PORT", "70000", `DB_PORT="70000": not a port number`},
+		{"DB_PORT", "-1", `DB_PORT="-1": not a port number`},
+		{"DB_HOST", "db host", `DB_HOST="db host"`},
+	} {
+		t.Setenv(bad.key, bad.value)
+		if _, err := db.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s=%q: %v, want an error with %s", bad.key, bad.value, err, bad.want)
 		}
+		t.Setenv(bad.key, "")
 	}
-	t.Setenv("DB_PORT", "")
-	t.Setenv("DB_HOST", "db host")
-	if _, err := db.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), `DB_HOST="db host"`) {
-		t.Errorf("DB_HOST with a space: %v", err)
-	}
-	t.Setenv("DB_HOST", "")
 
 	t.Setenv("DB_URL", "postgres://u:hunter2@h:1/d?sslmode=disable")
 	c, err = db.ConfigFromEnv()

@@ -50,24 +50,7 @@ type Thing struct {
 // on it; both go away when the test ends.
 func newClient(tb testing.TB, schema string) *db.Client {
 	tb.Helper()
-	if testing.Short() {
-		tb.Skip("needs PostgreSQL; skipped with -short")
-	}
-	testenv.RequirePostgres(tb)
-	name := testenv.CreateDatabase(tb, "dbtest_")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := db.Open(ctx, db.Config{URL: testenv.PostgresURL(name)})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = c.Close() })
-	if schema != "" {
-		if _, err := c.Exec(ctx, schema); err != nil {
-			tb.Fatalf("load schema: %v", err)
-		}
-	}
-	return c
+	return testenv.Client(tb, "dbtest_", schema)
 }
 
 func ptr[T any](v T) *T { return &v }

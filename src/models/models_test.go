@@ -53,18 +53,8 @@ func where(file, text string, err error) string {
 // newClient gives the test its own database with the models' schema.
 func newClient(t *testing.T) *db.Client {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs PostgreSQL; skipped with -short")
-	}
-	name := testenv.CreateDatabase(t, "modelstest_")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := db.Open(ctx, db.Config{URL: testenv.PostgresURL(name)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	if err := loadSchema(ctx, c); err != nil {
+	c := testenv.Client(t, "modelstest_")
+	if err := loadSchema(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
 	return c

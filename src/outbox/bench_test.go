@@ -34,7 +34,7 @@ func BenchmarkQueueRoute(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			route := testenv.Name("outbox-bench-" + name + "-")
-			b.Cleanup(func() { deleteQueues(route, route+worker.DeadLetterSuffix) })
+			b.Cleanup(func() { _ = testenv.DeleteQueues(route, route+worker.DeadLetterSuffix) })
 			var stored atomic.Int64
 			all := make(chan struct{})
 			total := int64(b.N)

@@ -18,7 +18,7 @@ func ExampleInbox_Idempotent() {
 	url, drop := scratchDB(`CREATE TABLE greeting (name text NOT NULL)`) // set-up: a database with the models' tables
 	defer drop()
 	route := testenv.Name("example-greet-")
-	defer deleteQueues(route, route+worker.DeadLetterSuffix)
+	defer testenv.DeleteQueues(route, route+worker.DeadLetterSuffix)
 	ctx := context.Background()
 	database, _ := openDB(url)
 	defer database.Close()

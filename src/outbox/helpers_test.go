@@ -64,39 +64,7 @@ func dialBroker(name string) (*worker.Conn, error) {
 	return worker.Dial(ctx, worker.Config{URL: testenv.BrokerURL()}, worker.WithName(name))
 }
 
-// deleteQueues deletes the named queues (a route's and its dead-letter
-// queue), ignoring errors.
-func deleteQueues(names ...string) {
-	conn, err := amqp.Dial(testenv.BrokerURL())
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	for _, n := range names {
-		_, _ = ch.QueueDelete(n, false, false, false)
-	}
-}
-
 var errRollback = errors.New("roll back")
-
-// rawChannel opens a plain amqp091-go channel, closed at cleanup.
-func rawChannel(t *testing.T) *amqp.Channel {
-	t.Helper()
-	conn, err := amqp.Dial(testenv.BrokerURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ch
-}
 
 func rawExchangeDelete(name string) error {
 	conn, err := amqp.Dial(testenv.BrokerURL())

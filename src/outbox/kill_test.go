@@ -49,7 +49,7 @@ func TestKillBetweenCommitAndPublish(t *testing.T) {
 	runs := testenv.Count(t, "OUTBOX_KILL_RUNS", 20, 200)
 	url, c, conn := setUp(t, "outbox-kill-consumer-", `CREATE TABLE committed (n int PRIMARY KEY)`, `CREATE TABLE effect (n int NOT NULL)`)
 	route := testenv.Name("outbox-kill-")
-	t.Cleanup(func() { deleteQueues(route, route+worker.DeadLetterSuffix) })
+	t.Cleanup(func() { _ = testenv.DeleteQueues(route, route+worker.DeadLetterSuffix) })
 
 	// The consumer: an idempotent route whose effect is a row.
 	inbox := outbox.NewInbox(c, outbox.InboxConfig{})

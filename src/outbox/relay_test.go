@@ -25,10 +25,10 @@ func TestRelayPublishesAfterCommit(t *testing.T) {
 	client := worker.NewClient(conn, worker.WithEncoding(worker.JSON))
 	t.Cleanup(func() { _ = client.Close() })
 
-	ch := rawChannel(t)
+	ch := testenv.Channel(t)
 	queue := testenv.Name("outbox-relay-q-")
 	exchange := testenv.Name("outbox-relay-x-")
-	t.Cleanup(func() { deleteQueues(queue); _ = rawExchangeDelete(exchange) })
+	t.Cleanup(func() { _ = testenv.DeleteQueues(queue); _ = rawExchangeDelete(exchange) })
 	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -28,9 +28,9 @@ func TestRelayContinuesTrace(t *testing.T) {
 	client := worker.NewClient(conn, worker.WithEncoding(worker.JSON), worker.WithTracing(tp, prop))
 	t.Cleanup(func() { _ = client.Close() })
 
-	ch := rawChannel(t)
+	ch := testenv.Channel(t)
 	queue := testenv.Name("outbox-trace-q-")
-	t.Cleanup(func() { deleteQueues(queue) })
+	t.Cleanup(func() { _ = testenv.DeleteQueues(queue) })
 	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}

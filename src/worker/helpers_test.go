@@ -59,19 +59,7 @@ func dial(tb testing.TB, name string, opts ...worker.ConnOption) *worker.Conn {
 
 // raw opens a plain amqp091 connection and channel for the test's own
 // checks, closed at cleanup.
-func raw(tb testing.TB) *amqp.Channel {
-	tb.Helper()
-	conn, err := amqp.Dial(testenv.BrokerURL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return ch
-}
+func raw(tb testing.TB) *amqp.Channel { return testenv.Channel(tb) }
 
 // replyQueue declares an exclusive, server-named queue on ch, as a caller's
 // reply queue, and consumes it (auto-ack): its name and its deliveries.
@@ -98,20 +86,8 @@ func route(tb testing.TB, prefix string) string {
 }
 
 func deleteQueues(tb testing.TB, names ...string) {
-	conn, err := amqp.Dial(testenv.BrokerURL())
-	if err != nil {
-		tb.Errorf("delete queues %v: %v", names, err)
-		return
-	}
-	defer conn.Close()
-	for _, n := range names {
-		ch, err := conn.Channel()
-		if err != nil {
-			tb.Errorf("delete queue %s: %v", n, err)
-			return
-		}
-		_, _ = ch.QueueDelete(n, false, false, false)
-		_ = ch.Close()
+	if err := testenv.DeleteQueues(names...); err != nil {
+		tb.Error(err)
 	}
 }
 

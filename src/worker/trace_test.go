@@ -1,7 +1,6 @@
 package worker_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -298,7 +297,7 @@ func TestTraceBrokerRetry(t *testing.T) {
 func TestTraceFailureLog(t *testing.T) {
 	requireBroker(t)
 	tp, exp, prop := tracing(t)
-	var buf syncBuffer
+	var buf testenv.Buffer
 	logger := slog.New(telemetry.LogHandler(slog.NewTextHandler(&buf, nil)))
 	conn := dial(t, "")
 	name := route(t, "trace-log")
@@ -316,24 +315,6 @@ func TestTraceFailureLog(t *testing.T) {
 	if !strings.Contains(buf.String(), want) {
 		t.Errorf("the failure line lacks %q:\n%s", want, buf.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the worker's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestTraceEvent: PublishEvent runs in a producer span "send EVENT" whose
