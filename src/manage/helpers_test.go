@@ -80,6 +80,39 @@ func mustSync(t *testing.T, target, dir string) result {
 	return r
 }
 
+// promptedSync is a sync started in the background that waits at its
+// prompt.
+type promptedSync struct {
+	target, dir string
+	log         *testenv.Buffer
+	stdin       *io.PipeWriter
+	done        chan error
+}
+
+// startAtPrompt creates a target database and a models directory (the enum
+// and simple tables), starts a sync between them and returns once it asks
+// "Apply these changes?".
+func startAtPrompt(t *testing.T) *promptedSync {
+	t.Helper()
+	requirePostgres(t)
+	s := &promptedSync{target: testenv.CreateDatabase(t, "manage_target_"), dir: t.TempDir(), done: make(chan error, 1)}
+	writeModels(t, s.dir, map[string]string{"a.sql": enumSQL + simpleSQL})
+	stdin, w := io.Pipe()
+	o, out, log := newOptions(s.target, s.dir, stdin)
+	s.log, s.stdin = log, w
+	go func() { s.done <- syncCmd(context.Background(), o) }()
+	t.Cleanup(func() { _ = w.Close() })
+	waitFor(t, "sync", out.String, "Apply these changes? [y/N] ")
+	return s
+}
+
+// answer types text at the prompt and returns the sync's result (a sync
+// that ended without reading it leaves the write to the test's cleanup).
+func (s *promptedSync) answer(text string) error {
+	go func() { _, _ = io.WriteString(s.stdin, text) }()
+	return <-s.done
+}
+
 // writeModels replaces the .sql files of dir with files (name -> SQL).
 func writeModels(t *testing.T, dir string, files map[string]string) {
 	t.Helper()
@@ -169,25 +202,7 @@ ORDER BY 1`
 // catalog returns the catalog lines of database.
 func catalog(t *testing.T, database string) []string {
 	t.Helper()
-	conn := openTest(t, database)
-	rows, err := conn.Query(catalogQuery)
-	if err != nil {
-		t.Fatalf("read catalog of %s: %v", database, err)
-	}
-	defer rows.Close()
-	var lines []string
-	for rows.Next() {
-		var l string
-		if err := rows.Scan(&l); err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, l)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.Close()
-	return lines
+	return testenv.Strings(t, openTest(t, database), catalogQuery)
 }
 
 // assertSameCatalog fails when the catalogs of two databases differ.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -179,16 +178,8 @@ func TestSyncSyntaxErrorLine(t *testing.T) {
 // TestSyncLock: a sync waiting at the prompt holds the lock; a second sync
 // reports ErrLocked after its timeout; the first then applies.
 func TestSyncLock(t *testing.T) {
-	requirePostgres(t)
-	target := testenv.CreateDatabase(t, "manage_target_")
-	dir := t.TempDir()
-	writeModels(t, dir, map[string]string{"a.sql": enumSQL + simpleSQL})
-
-	stdin, answer := io.Pipe()
-	first, out1, log1 := newOptions(target, dir, stdin)
-	done := make(chan error, 1)
-	go func() { done <- syncCmd(context.Background(), first) }()
-	waitFor(t, "first sync", out1.String, "Apply these changes? [y/N] ")
+	first := startAtPrompt(t)
+	target, dir := first.target, first.dir
 
 	second, _, _ := newOptions(target, dir, strings.NewReader(""))
 	second.noprompt = true
@@ -201,14 +192,11 @@ func TestSyncLock(t *testing.T) {
 		t.Fatalf("the locked-out sync changed the target: %v", got)
 	}
 
-	if _, err := io.WriteString(answer, "y\n"); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("first sync: %v\n%s", err, log1)
+	if err := first.answer("y\n"); err != nil {
+		t.Fatalf("first sync: %v\n%s", err, first.log)
 	}
 	assertSameCatalog(t, target, loadDirect(t, dir))
-	assertDropped(t, result{log: log1}.scratches())
+	assertDropped(t, result{log: first.log}.scratches())
 	// The lock was released: a third sync gets it at once.
 	if r := mustSync(t, target, dir); !strings.Contains(r.out.String(), "Already in sync.") {
 		t.Fatalf("third sync: %s", r.out)
@@ -218,21 +206,12 @@ func TestSyncLock(t *testing.T) {
 // TestSyncTargetChanged: when the target changes between the shown plan and
 // the answer, nothing is applied.
 func TestSyncTargetChanged(t *testing.T) {
-	requirePostgres(t)
-	target := testenv.CreateDatabase(t, "manage_target_")
-	dir := t.TempDir()
-	writeModels(t, dir, map[string]string{"a.sql": enumSQL + simpleSQL})
-
-	stdin, answer := io.Pipe()
-	o, out, _ := newOptions(target, dir, stdin)
-	done := make(chan error, 1)
-	go func() { done <- syncCmd(context.Background(), o) }()
-	waitFor(t, "sync", out.String, "Apply these changes? [y/N] ")
+	s := startAtPrompt(t)
+	target := s.target
 	if _, err := openTest(t, target).Exec(`CREATE TABLE intruder (id int)`); err != nil {
 		t.Fatal(err)
 	}
-	_, _ = io.WriteString(answer, "y\n")
-	if err := <-done; !errors.Is(err, errChanged) {
+	if err := s.answer("y\n"); !errors.Is(err, errChanged) {
 		t.Fatalf("want errChanged, got %v", err)
 	}
 	if got := strings.Join(catalog(t, target), "\n"); got != "column intruder.id integer\ntable intruder" {

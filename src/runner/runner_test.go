@@ -67,18 +67,11 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 
 func TestRunStartsInOrderAndStopsInReverse(t *testing.T) {
 	ev := &events{}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runner.Runner{Logger: quiet()}
-	done := make(chan error, 1)
-	go func() {
-		done <- r.Run(ctx,
-			&recorder{name: "db", log: ev},
-			&recorder{name: "broker", log: ev},
-			&recorder{name: "worker", log: ev})
-	}()
-	waitFor(t, func() bool { return len(ev.get()) == 3 })
-	cancel()
-	if err := <-done; err != nil {
+	err := runAndCancel(t, &runner.Runner{Logger: quiet()}, ev,
+		&recorder{name: "db", log: ev},
+		&recorder{name: "broker", log: ev},
+		&recorder{name: "worker", log: ev})
+	if err != nil {
 		t.Fatalf("Run returned %v after a clean stop, want nil", err)
 	}
 	want := []string{"start db", "start broker", "start worker", "stop worker", "stop broker", "stop db"}
@@ -91,18 +84,11 @@ func TestRunStartsInOrderAndStopsInReverse(t *testing.T) {
 // new requests while the queue worker finishes.
 func TestRunStopsEveryIntakeBeforeDraining(t *testing.T) {
 	ev := &events{}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runner.Runner{Logger: quiet()}
-	done := make(chan error, 1)
-	go func() {
-		done <- r.Run(ctx,
-			&recorder{name: "db", log: ev},
-			runner.Named("rpc", &intakeRecorder{recorder{name: "rpc", log: ev}}),
-			&intakeRecorder{recorder{name: "queue", log: ev}})
-	}()
-	waitFor(t, func() bool { return len(ev.get()) == 3 })
-	cancel()
-	if err := <-done; err != nil {
+	err := runAndCancel(t, &runner.Runner{Logger: quiet()}, ev,
+		&recorder{name: "db", log: ev},
+		runner.Named("rpc", &intakeRecorder{recorder{name: "rpc", log: ev}}),
+		&intakeRecorder{recorder{name: "queue", log: ev}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	want := []string{
@@ -136,23 +122,11 @@ func TestRunStopsStartedServicesWhenOneFailsToStart(t *testing.T) {
 
 func TestRunBoundsTheDrainAndStillStopsTheRest(t *testing.T) {
 	ev := &events{}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runner.Runner{Logger: quiet(), DrainTimeout: 200 * time.Millisecond}
-	done := make(chan error, 1)
-	go func() {
-		done <- r.Run(ctx,
-			&recorder{name: "db", log: ev},
-			&recorder{name: "stuck", log: ev, block: true})
-	}()
-	waitFor(t, func() bool { return len(ev.get()) == 2 })
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("Run = %v, want the stuck service's deadline error", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after its 200 ms drain timeout")
+	err := runAndCancel(t, &runner.Runner{Logger: quiet(), DrainTimeout: 200 * time.Millisecond}, ev,
+		&recorder{name: "db", log: ev},
+		&recorder{name: "stuck", log: ev, block: true})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run = %v, want the stuck service's deadline error", err)
 	}
 	want := []string{"start db", "start stuck", "stop stuck", "stop db"}
 	if got := ev.get(); !slices.Equal(got, want) {
@@ -179,6 +153,26 @@ func TestRunStopsOnSignal(t *testing.T) {
 	}
 	if got, want := ev.get(), []string{"start worker", "stop worker"}; !slices.Equal(got, want) {
 		t.Fatalf("events = %q, want %q", got, want)
+	}
+}
+
+// runAndCancel runs services with r until each has logged its start to ev,
+// then cancels Run's context and returns what Run returns, failing the test
+// if that takes more than 10 s.
+func runAndCancel(t *testing.T, r *runner.Runner, ev *events, services ...runner.Service) error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, services...) }()
+	waitFor(t, func() bool { return len(ev.get()) == len(services) })
+	cancel()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of its context's end")
+		return nil
 	}
 }
 

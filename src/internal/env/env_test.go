@@ -8,12 +8,12 @@ import (
 )
 
 func TestReaders(t *testing.T) {
-	t.Setenv("E_EMPTY", "")
-	t.Setenv("E_PORT", "5671")
-	t.Setenv("E_BADPORT", "70000")
-	t.Setenv("E_DUR", "1m")
-	t.Setenv("E_BADDUR", "-1s")
-	t.Setenv("E_MODE", "staging")
+	for k, v := range map[string]string{
+		"E_EMPTY": "", "E_PORT": "5671", "E_BADPORT": "70000",
+		"E_DUR": "1m", "E_BADDUR": "-1s", "E_MODE": "staging",
+	} {
+		t.Setenv(k, v)
+	}
 	if env.Get("E_EMPTY", "def") != "def" || env.Get("E_PORT", "x") != "5671" {
 		t.Error("Get")
 	}
