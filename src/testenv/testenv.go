@@ -395,6 +395,21 @@ func quoteIdent(s string) string {
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }
 
+// Eventually polls cond until it holds, and fails the test naming what
+// when it still does not after within. It polls every 100 µs at first,
+// then less often, up to every 20 ms, so a condition that asks the broker
+// does not flood it.
+func Eventually(tb testing.TB, within time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(within)
+	for pause := 100 * time.Microsecond; !cond(); pause = min(2*pause, 20*time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("after %v: %s", within, what)
+		}
+		time.Sleep(pause)
+	}
+}
+
 // Buffer is a bytes.Buffer safe for one writer (a process's output, a
 // logger) and concurrent readers (the test).
 type Buffer struct {

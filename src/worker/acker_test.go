@@ -11,6 +11,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"example.com/service/src/testenv"
 )
 
 // channelModel is a fake channel that settles deliveries as RabbitMQ does:
@@ -136,17 +138,6 @@ func reply(tag uint64, to string) (uint64, string, amqp.Publishing) {
 	return tag, to, amqp.Publishing{CorrelationId: strconv.FormatUint(tag, 10)}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after 5 s: %s", what)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-}
-
 // Deliveries that finish in order are settled by one multiple ack.
 func TestAckerCoalescesInOrder(t *testing.T) {
 	m := newChannelModel(100)
@@ -176,7 +167,7 @@ func TestAckerSlowHandlerHoldsBackNoOne(t *testing.T) {
 		a.ack(tag)
 	}
 	began := time.Now()
-	waitFor(t, "deliveries 2-10 acked while 1 runs", func() bool {
+	testenv.Eventually(t, 5*time.Second, "deliveries 2-10 acked while 1 runs", func() bool {
 		for tag := uint64(2); tag <= 10; tag++ {
 			if !m.settled(tag) {
 				return false
@@ -191,7 +182,7 @@ func TestAckerSlowHandlerHoldsBackNoOne(t *testing.T) {
 		t.Fatal("delivery 1 was acked before its handler finished")
 	}
 	a.ack(1)
-	waitFor(t, "delivery 1 acked once it finished", func() bool { return m.settled(1) })
+	testenv.Eventually(t, 5*time.Second, "delivery 1 acked once it finished", func() bool { return m.settled(1) })
 	a.drain()
 	m.check(t)
 }
@@ -224,7 +215,7 @@ func TestAckerSmallPrefetchAcksAtOnce(t *testing.T) {
 	defer a.drain()
 	for tag := uint64(1); tag <= 3; tag++ {
 		a.ack(tag)
-		waitFor(t, fmt.Sprintf("delivery %d acked without waiting for a tick", tag), func() bool { return m.settled(tag) })
+		testenv.Eventually(t, 5*time.Second, fmt.Sprintf("delivery %d acked without waiting for a tick", tag), func() bool { return m.settled(tag) })
 	}
 	m.check(t)
 }

@@ -178,17 +178,9 @@ func TestDelayedRetryClassic(t *testing.T) {
 	if err := client(t, conn).Publish(context.Background(), r, job{ID: "c"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "three runs", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(runs) >= 3
-	})
-	time.Sleep(300 * time.Millisecond)
+	settled(t, "runs", 3, func() int { mu.Lock(); defer mu.Unlock(); return len(runs) })
 	mu.Lock()
 	defer mu.Unlock()
-	if len(runs) != 3 {
-		t.Fatalf("%d runs, want 3", len(runs))
-	}
 	for i, d := range []time.Duration{50 * time.Millisecond, 100 * time.Millisecond} {
 		if gap := runs[i+1].Sub(runs[i]); gap < d {
 			t.Errorf("run %d came %v after run %d, before its delay of %v", i+2, gap, i+1, d)

@@ -83,12 +83,7 @@ func TestDeadLettersReplay(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("Replay(all) = %d, %v; want the 1 left", n, err)
 	}
-	eventually(t, "the 3 replayed messages stored", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(stored) == 3
-	})
-	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+	settled(t, "replayed messages stored", 3, func() int { mu.Lock(); defer mu.Unlock(); return len(stored) })
 	mu.Lock()
 	for _, id := range []string{"a", "b", "c"} {
 		if stored[id] != 1 {
@@ -105,20 +100,15 @@ func TestDeadLettersReplay(t *testing.T) {
 // first letter it already moved, which is a dead letter again, as are the
 // others.
 func TestDeadLettersReplayFailingAgain(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "replay-again")
 	var mu sync.Mutex
 	tries := map[int]int{}
-	q := worker.NewQueue(conn, worker.WithRetry(worker.Retry{Attempts: 1}))
-	q.Handle(r, worker.Job(func(_ context.Context, j job) error {
+	dl, r, _ := deadLettering(t, "replay-again", func(_ context.Context, j job) error {
 		mu.Lock()
 		tries[j.Count]++
 		mu.Unlock()
 		return errors.New("still down")
-	}))
-	start(t, q)
-	c := client(t, conn)
+	})
+	c := client(t, dial(t, ""))
 	ctx := context.Background()
 	const n = 20
 	for i := range n {
@@ -126,19 +116,12 @@ func TestDeadLettersReplayFailingAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dl := worker.NewDeadLetters(conn)
-	letters := func(want int) func() bool {
-		return func() bool {
-			counts, err := dl.List(ctx, r)
-			return err == nil && counts[0].Messages == want
-		}
-	}
-	eventually(t, fmt.Sprintf("%d dead letters", n), letters(n))
+	waitDeadLetters(t, dl, r, n)
 	moved, err := dl.Replay(ctx, r, 0)
 	if err != nil || moved != n {
 		t.Fatalf("Replay(all) of letters that fail again = %d, %v; want each of the %d moved once", moved, err, n)
 	}
-	eventually(t, fmt.Sprintf("the %d dead letters back", n), letters(n))
+	waitDeadLetters(t, dl, r, n) // back again
 	mu.Lock()
 	defer mu.Unlock()
 	for i := range n {
@@ -151,21 +134,12 @@ func TestDeadLettersReplayFailingAgain(t *testing.T) {
 // Replaying to a route whose queue is gone stops with ErrNoRoute and keeps
 // the dead letter.
 func TestDeadLettersReplayNoQueue(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "replay-gone")
-	q := worker.NewQueue(conn, worker.WithRetry(worker.Retry{Attempts: 1}))
-	q.Handle(r, worker.Job(func(context.Context, job) error { return errors.New("down") }))
-	start(t, q)
-	if err := client(t, conn).Publish(context.Background(), r, job{ID: "x"}); err != nil {
+	dl, r, q := deadLettering(t, "replay-gone", func(context.Context, job) error { return errors.New("down") })
+	ctx := context.Background()
+	if err := client(t, dial(t, "")).Publish(ctx, r, job{ID: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	dl := worker.NewDeadLetters(conn)
-	ctx := context.Background()
-	eventually(t, "a dead letter", func() bool {
-		counts, err := dl.List(ctx, r)
-		return err == nil && counts[0].Messages == 1
-	})
+	waitDeadLetters(t, dl, r, 1)
 	shutCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := q.Shutdown(shutCtx); err != nil {
@@ -187,15 +161,11 @@ func TestDeadLettersReplayNoQueue(t *testing.T) {
 // one message in flight at the cut (republished, its dead letter not yet
 // acked) is handled twice.
 func TestDeadLettersReplayInterrupted(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "replay-cut")
 	var broken atomic.Bool
 	broken.Store(true)
 	var mu sync.Mutex
 	stored := map[int]int{}
-	q := worker.NewQueue(conn, worker.WithRetry(worker.Retry{Attempts: 1}))
-	q.Handle(r, worker.Job(func(_ context.Context, j job) error {
+	dl, r, _ := deadLettering(t, "replay-cut", func(_ context.Context, j job) error {
 		if broken.Load() {
 			return errors.New("down")
 		}
@@ -203,9 +173,8 @@ func TestDeadLettersReplayInterrupted(t *testing.T) {
 		stored[j.Count]++
 		mu.Unlock()
 		return nil
-	}))
-	start(t, q)
-	c := client(t, conn)
+	})
+	c := client(t, dial(t, ""))
 	ctx := context.Background()
 	const n = 300
 	var wg sync.WaitGroup
@@ -217,11 +186,7 @@ func TestDeadLettersReplayInterrupted(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	dl := worker.NewDeadLetters(conn)
-	eventually(t, fmt.Sprintf("%d dead letters", n), func() bool {
-		counts, err := dl.List(ctx, r)
-		return err == nil && counts[0].Messages == n
-	})
+	waitDeadLetters(t, dl, r, n)
 	broken.Store(false)
 
 	cut := dial(t, "")
@@ -253,12 +218,7 @@ func TestDeadLettersReplayInterrupted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, fmt.Sprintf("all %d handled", n), func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(stored) == n
-	})
-	time.Sleep(300 * time.Millisecond)
+	settled(t, "messages handled", n, func() int { mu.Lock(); defer mu.Unlock(); return len(stored) })
 	mu.Lock()
 	defer mu.Unlock()
 	twice := 0
@@ -278,4 +238,27 @@ func TestDeadLettersReplayInterrupted(t *testing.T) {
 	if counts, _ := dl.List(ctx, r); counts[0].Messages != 0 {
 		t.Errorf("dead-letter queue holds %d after the second replay", counts[0].Messages)
 	}
+}
+
+// deadLettering starts a queue worker on a new route (named after prefix)
+// that runs handle once per message, without retries, so a failure
+// dead-letters the message at once. It returns the dead letters' API on a
+// connection of their own, the route and the worker.
+func deadLettering(t *testing.T, prefix string, handle func(context.Context, job) error) (*worker.DeadLetters, string, *worker.Queue) {
+	t.Helper()
+	requireBroker(t)
+	r := route(t, prefix)
+	q := worker.NewQueue(dial(t, ""), worker.WithRetry(worker.Retry{Attempts: 1}))
+	q.Handle(r, worker.Job(handle))
+	start(t, q)
+	return worker.NewDeadLetters(dial(t, "")), r, q
+}
+
+// waitDeadLetters waits until route r's dead-letter queue holds n messages.
+func waitDeadLetters(t *testing.T, dl *worker.DeadLetters, r string, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d dead letters on %s", n, r), func() bool {
+		counts, err := dl.List(context.Background(), r)
+		return err == nil && counts[0].Messages == n
+	})
 }

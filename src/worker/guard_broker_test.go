@@ -21,15 +21,7 @@ func TestGuardAgreesWithAmqp091(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := uri.String()
-	pubConn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pubConn.Close()
-	pub, err := pubConn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pub := testenv.Channel(t) // the test broker, as url is
 	queue := testenv.Name("wt-guard-")
 	if _, err := pub.QueueDeclare(queue, false, true, false, false, nil); err != nil {
 		t.Fatal(err)

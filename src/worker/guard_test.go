@@ -10,6 +10,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"example.com/service/src/testenv"
 )
 
 // --- AMQP frames, written by hand for the guard to read ---
@@ -354,7 +356,7 @@ func TestGuardWaitsForTheBudget(t *testing.T) {
 	b.release("ctag", 2)
 	expect(2)
 	expect(1) // channel.close-ok: frees delivery 3's bytes
-	waitFor(t, "the channel's close to free its bytes", func() bool { return b.held() == 0 })
+	testenv.Eventually(t, 5*time.Second, "the channel's close to free its bytes", func() bool { return b.held() == 0 })
 }
 
 // bufReader reads whole frames from a guard.

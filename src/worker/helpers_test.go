@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os/exec"
@@ -112,6 +113,21 @@ func start(tb testing.TB, w shutdowner) {
 	})
 }
 
+// serveRPC starts an RPC worker on a connection of its own, with the
+// middleware use (Use), serving h on a new route named after prefix, and
+// returns the route and the worker. The worker shuts down at cleanup,
+// before the route's queues are deleted.
+func serveRPC(tb testing.TB, prefix string, h worker.Handler, use ...worker.Middleware) (string, *worker.RPC) {
+	tb.Helper()
+	requireBroker(tb)
+	r := route(tb, prefix)
+	rpc := worker.NewRPC(dial(tb, ""))
+	rpc.Use(use...)
+	rpc.Handle(r, h)
+	start(tb, rpc)
+	return r, rpc
+}
+
 func client(tb testing.TB, conn *worker.Conn) *worker.Client {
 	c := worker.NewClient(conn)
 	tb.Cleanup(func() { _ = c.Close() })
@@ -170,16 +186,22 @@ func (c *counter) len() int {
 	return len(c.m)
 }
 
-// eventually polls cond until it holds or 30 s pass.
+// settled waits until count reaches want, gives a late extra (a duplicate,
+// a run too many) 300 ms to show, and fails the test unless count is then
+// exactly want. what names the count in failures.
+func settled(tb testing.TB, what string, want int, count func() int) {
+	tb.Helper()
+	eventually(tb, fmt.Sprintf("%d %s", want, what), func() bool { return count() >= want })
+	time.Sleep(300 * time.Millisecond)
+	if got := count(); got != want {
+		tb.Fatalf("%d %s, want %d", got, what, want)
+	}
+}
+
+// eventually polls cond until it holds, failing the test after 90 s.
 func eventually(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("after 90s: %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(tb, 90*time.Second, what, cond)
 }
 
 // namedConn reports whether a line of rabbitmqctl list_connections is one

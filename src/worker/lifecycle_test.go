@@ -148,18 +148,13 @@ func TestAckAfterHandler(t *testing.T) {
 // Shutdown stops taking requests, lets running handlers finish and sends
 // their replies before it returns.
 func TestShutdownDrains(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "drain")
 	var running sync.WaitGroup
 	running.Add(5)
-	rpc := worker.NewRPC(conn)
-	rpc.Handle(r, worker.Func(func(ctx context.Context, i int) (int, error) {
+	r, rpc := serveRPC(t, "drain", worker.Func(func(ctx context.Context, i int) (int, error) {
 		running.Done()
 		time.Sleep(time.Second)
 		return i * 10, nil
 	}))
-	start(t, rpc)
 	c := client(t, dial(t, ""))
 	var wg sync.WaitGroup
 	results := make([]int, 5)
@@ -195,20 +190,15 @@ func TestShutdownDrains(t *testing.T) {
 // a request sent after it waits in the queue, and Shutdown then drains the
 // one in flight, whose reply still arrives.
 func TestStopIntakeThenShutdown(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "intake")
 	inFlight := make(chan struct{})
 	var calls atomic.Int64
-	rpc := worker.NewRPC(conn)
-	rpc.Handle(r, worker.Func(func(ctx context.Context, i int) (int, error) {
+	r, rpc := serveRPC(t, "intake", worker.Func(func(ctx context.Context, i int) (int, error) {
 		if calls.Add(1) == 1 {
 			close(inFlight)
 		}
 		time.Sleep(500 * time.Millisecond)
 		return i * 10, nil
 	}))
-	start(t, rpc)
 	c := client(t, dial(t, ""))
 	first := make(chan error, 1)
 	var got int

@@ -310,13 +310,8 @@ func TestBadInputMatrix(t *testing.T) {
 
 // A 10 MB JSON body within the limit is handled, not crashed on.
 func TestLargeBody(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "large")
-	rpc := worker.NewRPC(conn)
-	rpc.Handle(r, worker.Func(func(_ context.Context, s []string) (int, error) { return len(s), nil }))
-	start(t, rpc)
-	c := client(t, conn)
+	r, _ := serveRPC(t, "large", worker.Func(func(_ context.Context, s []string) (int, error) { return len(s), nil }))
+	c := client(t, dial(t, ""))
 	big := make([]string, 100_000)
 	for i := range big {
 		big[i] = strings.Repeat("x", 95)

@@ -37,13 +37,8 @@ func hello(_ context.Context, g greeting) (answer, error) {
 // Typed round trip through a real broker: request decoded into the handler's
 // type, result decoded into the caller's.
 func TestCallRoundTrip(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "hello")
-	rpc := worker.NewRPC(conn)
-	rpc.Handle(r, worker.Func(hello))
-	start(t, rpc)
-	c := client(t, conn)
+	r, _ := serveRPC(t, "hello", worker.Func(hello))
+	c := client(t, dial(t, ""))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -71,13 +66,7 @@ func TestCallRoundTrip(t *testing.T) {
 // The seed's clients send gzip JSON as application/octet-stream to their own
 // exclusive reply queue; the worker answers there, gzip-compressed.
 func TestSeedClientGzipExclusiveReplyQueue(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "seed")
-	rpc := worker.NewRPC(conn)
-	rpc.Handle(r, worker.Func(hello))
-	start(t, rpc)
-
+	r, _ := serveRPC(t, "seed", worker.Func(hello))
 	ch := raw(t)
 	replyTo, replies := replyQueue(t, ch)
 	var body bytes.Buffer
@@ -159,16 +148,11 @@ func TestCompetingConsumers(t *testing.T) {
 
 // Handlers run concurrently: 20 one-second calls take about one second.
 func TestConcurrentCalls(t *testing.T) {
-	requireBroker(t)
-	conn := dial(t, "")
-	r := route(t, "slow")
-	rpc := worker.NewRPC(conn)
-	rpc.Handle(r, worker.Func(func(ctx context.Context, s string) (string, error) {
+	r, _ := serveRPC(t, "slow", worker.Func(func(ctx context.Context, s string) (string, error) {
 		time.Sleep(time.Second)
 		return s + " that took forever", nil
 	}))
-	start(t, rpc)
-	c := client(t, conn)
+	c := client(t, dial(t, ""))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	began := time.Now()

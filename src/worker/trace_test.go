@@ -77,14 +77,9 @@ func wantAttr(t *testing.T, s tracetest.SpanStub, key attribute.Key, want any) {
 // the worker's process span and a span the handler starts from its ctx are
 // one trace, parent to child; a failure is recorded with its type.
 func TestTraceRPC(t *testing.T) {
-	requireBroker(t)
 	tp, exp, prop := tracing(t)
-	conn := dial(t, "")
-	name := route(t, "trace")
-	rpc := worker.NewRPC(conn)
-	rpc.Use(worker.Trace(tp, prop))
 	var handlerTrace trace.TraceID
-	rpc.Handle(name, worker.Func(func(ctx context.Context, in string) (string, error) {
+	name, _ := serveRPC(t, "trace", worker.Func(func(ctx context.Context, in string) (string, error) {
 		handlerTrace = trace.SpanContextFromContext(ctx).TraceID()
 		_, span := tp.Tracer("test").Start(ctx, "inside the handler")
 		span.End()
@@ -92,9 +87,8 @@ func TestTraceRPC(t *testing.T) {
 			return "", worker.Errorf("NotFound", "no item %q", in)
 		}
 		return "hello " + in, nil
-	}))
-	start(t, rpc)
-	c := worker.NewClient(conn, worker.WithTracing(tp, prop))
+	}), worker.Trace(tp, prop))
+	c := worker.NewClient(dial(t, ""), worker.WithTracing(tp, prop))
 	t.Cleanup(func() { _ = c.Close() })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -161,14 +155,9 @@ func TestTraceRPC(t *testing.T) {
 // TestTraceWithoutHeaders: a caller that sends no trace context (a Python
 // seed client) is served as before, in a new root span.
 func TestTraceWithoutHeaders(t *testing.T) {
-	requireBroker(t)
 	tp, exp, prop := tracing(t)
-	conn := dial(t, "")
-	name := route(t, "trace-plain")
-	rpc := worker.NewRPC(conn)
-	rpc.Use(worker.Trace(tp, prop))
-	rpc.Handle(name, worker.Func(func(ctx context.Context, in string) (string, error) { return "hi " + in, nil }))
-	start(t, rpc)
+	name, _ := serveRPC(t, "trace-plain", worker.Func(func(ctx context.Context, in string) (string, error) { return "hi " + in, nil }),
+		worker.Trace(tp, prop))
 
 	ch := raw(t)
 	replyTo, replies := replyQueue(t, ch)
