@@ -64,8 +64,7 @@ func TestDelayedRetry(t *testing.T) {
 	})
 	start(t, q)
 	c := client(t, conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := within(t, 30*time.Second)
 	if err := c.Publish(ctx, r, job{ID: "bad"}); err != nil {
 		t.Fatal(err)
 	}

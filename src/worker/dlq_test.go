@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,18 +25,10 @@ func TestDeadLettersReplay(t *testing.T) {
 	r := route(t, "replay")
 	var broken atomic.Bool
 	broken.Store(true)
-	var mu sync.Mutex
-	stored := map[string]int{}
+	var stored counter
 	q := worker.NewQueue(conn, worker.WithRetry(worker.Retry{Attempts: 2, Backoff: 10 * time.Millisecond}))
-	q.Handle(r, worker.Job(func(_ context.Context, j job) error {
-		if broken.Load() {
-			return errors.New("insert item: relation \"item\" does not exist")
-		}
-		mu.Lock()
-		stored[j.ID]++
-		mu.Unlock()
-		return nil
-	}))
+	q.Handle(r, worker.Job(storeWhenUp(&broken, errors.New("insert item: relation \"item\" does not exist"), &stored,
+		func(j job) string { return j.ID })))
 	start(t, q)
 	c := client(t, conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -83,14 +76,12 @@ func TestDeadLettersReplay(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("Replay(all) = %d, %v; want the 1 left", n, err)
 	}
-	settled(t, "replayed messages stored", 3, func() int { mu.Lock(); defer mu.Unlock(); return len(stored) })
-	mu.Lock()
+	settled(t, "replayed messages stored", 3, stored.len)
 	for _, id := range []string{"a", "b", "c"} {
-		if stored[id] != 1 {
-			t.Errorf("message %s stored %d times, want once", id, stored[id])
+		if got := stored.get(id); got != 1 {
+			t.Errorf("message %s stored %d times, want once", id, got)
 		}
 	}
-	mu.Unlock()
 	if counts, _ := dl.List(ctx, r); counts[0].Messages != 0 {
 		t.Errorf("after Replay the dead-letter queue holds %d, want 0", counts[0].Messages)
 	}
@@ -163,17 +154,9 @@ func TestDeadLettersReplayNoQueue(t *testing.T) {
 func TestDeadLettersReplayInterrupted(t *testing.T) {
 	var broken atomic.Bool
 	broken.Store(true)
-	var mu sync.Mutex
-	stored := map[int]int{}
-	dl, r, _ := deadLettering(t, "replay-cut", func(_ context.Context, j job) error {
-		if broken.Load() {
-			return errors.New("down")
-		}
-		mu.Lock()
-		stored[j.Count]++
-		mu.Unlock()
-		return nil
-	})
+	var stored counter
+	dl, r, _ := deadLettering(t, "replay-cut", storeWhenUp(&broken, errors.New("down"), &stored,
+		func(j job) string { return strconv.Itoa(j.Count) }))
 	c := client(t, dial(t, ""))
 	ctx := context.Background()
 	const n = 300
@@ -192,10 +175,7 @@ func TestDeadLettersReplayInterrupted(t *testing.T) {
 	cut := dial(t, "")
 	go func() {
 		for {
-			mu.Lock()
-			k := len(stored)
-			mu.Unlock()
-			if k >= 30 {
+			if stored.len() >= 30 {
 				_ = cut.Close() // the replaying process dies
 				return
 			}
@@ -210,20 +190,16 @@ func TestDeadLettersReplayInterrupted(t *testing.T) {
 	// Nothing lost: each message handled or still a dead letter.
 	eventually(t, "every message handled or a dead letter", func() bool {
 		counts, err := dl.List(ctx, r)
-		mu.Lock()
-		defer mu.Unlock()
-		return err == nil && len(stored)+counts[0].Messages >= n
+		return err == nil && stored.len()+counts[0].Messages >= n
 	})
 	rest, err := dl.Replay(ctx, r, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	settled(t, "messages handled", n, func() int { mu.Lock(); defer mu.Unlock(); return len(stored) })
-	mu.Lock()
-	defer mu.Unlock()
+	settled(t, "messages handled", n, stored.len)
 	twice := 0
 	for i := range n {
-		switch stored[i] {
+		switch stored.get(strconv.Itoa(i)) {
 		case 0:
 			t.Errorf("message %d lost", i)
 		case 1:

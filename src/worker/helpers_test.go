@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,6 +129,13 @@ func serveRPC(tb testing.TB, prefix string, h worker.Handler, use ...worker.Midd
 	return r, rpc
 }
 
+// within returns a context that ends after d or when the test does.
+func within(tb testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(tb.Context(), d)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
 func client(tb testing.TB, conn *worker.Conn) *worker.Client {
 	c := worker.NewClient(conn)
 	tb.Cleanup(func() { _ = c.Close() })
@@ -184,6 +192,19 @@ func (c *counter) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.m)
+}
+
+// storeWhenUp returns a job handler for a store that is down while down
+// holds: the job then fails with err. Otherwise it stores the job, counting
+// it in stored under key(j).
+func storeWhenUp(down *atomic.Bool, err error, stored *counter, key func(job) string) func(context.Context, job) error {
+	return func(_ context.Context, j job) error {
+		if down.Load() {
+			return err
+		}
+		stored.add(key(j))
+		return nil
+	}
 }
 
 // settled waits until count reaches want, gives a late extra (a duplicate,

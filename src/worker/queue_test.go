@@ -100,8 +100,7 @@ func TestPublishConsume(t *testing.T) {
 	}))
 	start(t, q)
 	c := client(t, conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := within(t, 10*time.Second)
 	if err := c.Publish(ctx, r, job{ID: "a1", Count: 3}); err != nil {
 		t.Fatal(err)
 	}
@@ -149,8 +148,7 @@ func TestRetryThenDeadLetter(t *testing.T) {
 	}))
 	start(t, q)
 	c := client(t, conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := within(t, 10*time.Second)
 	if err := c.Publish(ctx, flaky, job{ID: "f"}); err != nil {
 		t.Fatal(err)
 	}
@@ -316,8 +314,7 @@ func TestLargeBody(t *testing.T) {
 	for i := range big {
 		big[i] = strings.Repeat("x", 95)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := within(t, 30*time.Second)
 	var n int
 	if err := c.Call(ctx, r, big, &n); err != nil || n != len(big) {
 		t.Fatalf("10 MB call: %d, %v", n, err)

@@ -40,8 +40,7 @@ func TestCallRoundTrip(t *testing.T) {
 	r, _ := serveRPC(t, "hello", worker.Func(hello))
 	c := client(t, dial(t, ""))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := within(t, 10*time.Second)
 	var got answer
 	if err := c.Call(ctx, r, greeting{Name: "ada"}, &got); err != nil {
 		t.Fatal(err)
@@ -118,8 +117,7 @@ func TestCompetingConsumers(t *testing.T) {
 		start(t, rpc)
 	}
 	c := client(t, dial(t, ""))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := within(t, 30*time.Second)
 	const n = 60
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -153,8 +151,7 @@ func TestConcurrentCalls(t *testing.T) {
 		return s + " that took forever", nil
 	}))
 	c := client(t, dial(t, ""))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := within(t, 30*time.Second)
 	began := time.Now()
 	var wg sync.WaitGroup
 	for i := range 20 {
@@ -177,8 +174,7 @@ func TestNoRoute(t *testing.T) {
 	requireBroker(t)
 	conn := dial(t, "")
 	c := client(t, conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	ctx := within(t, 20*time.Second)
 	began := time.Now()
 	err := c.Call(ctx, "wt-no-such-route-x1", "hi", nil)
 	if !errors.Is(err, worker.ErrNoRoute) {
@@ -208,8 +204,7 @@ func TestPanicRecovered(t *testing.T) {
 	requireBroker(t)
 	conn := dial(t, "")
 	c := client(t, conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := within(t, 10*time.Second)
 	for _, dev := range []bool{false, true} {
 		r := route(t, "panic")
 		rpc := worker.NewRPC(conn, worker.WithDevelopment(dev))
@@ -254,8 +249,7 @@ func TestRawHandler(t *testing.T) {
 	})
 	start(t, rpc)
 	c := client(t, conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := within(t, 10*time.Second)
 	var got json.RawMessage
 	if err := c.Call(ctx, r, json.RawMessage(`[1, "two"]`), &got); err != nil {
 		t.Fatal(err)
