@@ -1,7 +1,6 @@
 package db_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -32,9 +31,7 @@ func refs(rows []Entry) []string {
 }
 
 func TestCreateMany(t *testing.T) {
-	c := newClient(t, entrySchema)
-	ctx := context.Background()
-	entries := db.MustModel[Entry](c, "entry")
+	c, ctx, entries := newModel[Entry](t, entrySchema, "entry")
 	day := db.Date{2024, time.January, 30}
 
 	// Keys and defaults per row: a given key is kept, a zero one filled.
@@ -98,9 +95,7 @@ func TestCreateMany(t *testing.T) {
 }
 
 func TestUpsert(t *testing.T) {
-	c := newClient(t, entrySchema)
-	ctx := context.Background()
-	entries := db.MustModel[Entry](c, "entry")
+	c, ctx, entries := newModel[Entry](t, entrySchema, "entry")
 	day := db.Date{2024, time.May, 1}
 	stored, err := entries.CreateMany(ctx, entriesFor("u", 2, 1, day)) // u-0, u-1
 	if err != nil {
@@ -186,9 +181,7 @@ func TestUpsert(t *testing.T) {
 }
 
 func TestList(t *testing.T) {
-	c := newClient(t, entrySchema)
-	ctx := context.Background()
-	entries := db.MustModel[Entry](c, "entry")
+	_, ctx, entries := newModel[Entry](t, entrySchema, "entry")
 	day := db.Date{2024, time.March, 1}
 	rows := append(entriesFor("a", 30, 1, day), entriesFor("b", 30, 2, day)...)
 	rows[0].Note, rows[1].Note = ptr("one"), ptr("it's; DROP TABLE entry; --")

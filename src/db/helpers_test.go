@@ -65,3 +65,11 @@ func count(tb testing.TB, c *db.Client, table, where string, args ...any) int {
 	}
 	return n
 }
+
+// newModel gives the test its own database holding schema (see newClient),
+// the model of T on table in it, the Client and a context to call them with.
+func newModel[T any](tb testing.TB, schema, table string) (*db.Client, context.Context, *db.Model[T]) {
+	tb.Helper()
+	c := newClient(tb, schema)
+	return c, context.Background(), db.MustModel[T](c, table)
+}

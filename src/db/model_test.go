@@ -17,9 +17,7 @@ import (
 )
 
 func TestCRUD(t *testing.T) {
-	c := newClient(t, thingSchema)
-	ctx := context.Background()
-	things := db.MustModel[Thing](c, "thing")
+	c, ctx, things := newModel[Thing](t, thingSchema, "thing")
 
 	before := time.Now().Add(-time.Minute)
 	created, err := things.Create(ctx, Thing{Name: "a", Note: ptr("first"), Count: 3})
@@ -108,9 +106,7 @@ func TestCRUD(t *testing.T) {
 }
 
 func TestNotFound(t *testing.T) {
-	c := newClient(t, thingSchema)
-	ctx := context.Background()
-	things := db.MustModel[Thing](c, "thing")
+	c, ctx, things := newModel[Thing](t, thingSchema, "thing")
 	if _, err := things.Create(ctx, Thing{Name: "present"}); err != nil {
 		t.Fatal(err)
 	}
@@ -146,9 +142,7 @@ func TestNotFound(t *testing.T) {
 }
 
 func TestConflict(t *testing.T) {
-	c := newClient(t, thingSchema)
-	ctx := context.Background()
-	things := db.MustModel[Thing](c, "thing")
+	c, ctx, things := newModel[Thing](t, thingSchema, "thing")
 	first, err := things.Create(ctx, Thing{Name: "dup", Note: ptr("original")})
 	if err != nil {
 		t.Fatal(err)
@@ -190,9 +184,7 @@ func TestConflict(t *testing.T) {
 }
 
 func TestInvalidInputFromDatabase(t *testing.T) {
-	c := newClient(t, thingSchema)
-	ctx := context.Background()
-	things := db.MustModel[Thing](c, "thing")
+	c, ctx, things := newModel[Thing](t, thingSchema, "thing")
 	_, err := things.Create(ctx, Thing{Name: strings.Repeat("x", 256)})
 	var ie *db.InvalidError
 	if !errors.Is(err, db.ErrInvalid) || !errors.As(err, &ie) {
@@ -211,9 +203,7 @@ func TestInvalidInputFromDatabase(t *testing.T) {
 // SQL is built; an injection attempt through a key is refused and changes
 // nothing.
 func TestUpdateRefusesUnknownColumns(t *testing.T) {
-	c := newClient(t, thingSchema)
-	ctx := context.Background()
-	things := db.MustModel[Thing](c, "thing")
+	c, ctx, things := newModel[Thing](t, thingSchema, "thing")
 	row, err := things.Create(ctx, Thing{Name: "victim", Count: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -286,9 +276,7 @@ func TestQuotedIdentifiersAndValues(t *testing.T) {
 }
 
 func TestRoundTrips(t *testing.T) {
-	c := newClient(t, thingSchema)
-	ctx := context.Background()
-	things := db.MustModel[Thing](c, "thing")
+	c, ctx, things := newModel[Thing](t, thingSchema, "thing")
 
 	tags := db.Array[string]{"plain", "with space", `quote"d`, "comma,and{brace}", `back\slash`, "", "NULL", "ünïcode ✓"}
 	attrs := Attrs{Color: "red", Sizes: []int{1, 2, 3}, Extra: map[string]any{"nested": map[string]any{"ok": true}}}
@@ -356,9 +344,7 @@ func TestRoundTrips(t *testing.T) {
 // TestConcurrentCRUD: 100 goroutines create, read, update, list and delete
 // at once through one model (run with -race).
 func TestConcurrentCRUD(t *testing.T) {
-	c := newClient(t, thingSchema)
-	ctx := context.Background()
-	things := db.MustModel[Thing](c, "thing")
+	c, ctx, things := newModel[Thing](t, thingSchema, "thing")
 	const n = 100
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -445,9 +431,7 @@ func errOf[T any](_ T, err error) error { return err }
 // before Update: what does not fit is refused naming the column, and null is
 // NULL only where the column can hold it.
 func TestUpdateWithJSONChanges(t *testing.T) {
-	c := newClient(t, thingSchema)
-	ctx := context.Background()
-	things := db.MustModel[Thing](c, "thing")
+	c, ctx, things := newModel[Thing](t, thingSchema, "thing")
 	row, err := things.Create(ctx, Thing{Name: "json-changes", Note: ptr("note"), Raw: json.RawMessage(`{"a":1}`)})
 	if err != nil {
 		t.Fatal(err)

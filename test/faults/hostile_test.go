@@ -90,6 +90,21 @@ func (a *arena) waitDead(n int, limit, linger time.Duration) int {
 	return a.deadLetters()
 }
 
+// oneDeadLetter is the end of an attack by one bad message to
+// example-item.store: it waits for the dead letter, records the attack's row
+// and asserts it calm with exactly one dead letter, then gives the dead letter
+// (ok false when the dead-letter queue holds none).
+func (a *arena) oneDeadLetter(attack string) (amqp.Delivery, bool) {
+	a.t.Helper()
+	dead := a.waitDead(1, 20*time.Second, 3*time.Second)
+	r := a.finish(attack, fmt.Sprintf("%d dead letters for 1 message", dead))
+	wantCalm(a.t, r)
+	if dead != 1 {
+		a.t.Errorf("%d dead letters, want exactly 1", dead)
+	}
+	return getOne(a.t, a.env, "example-item.store"+worker.DeadLetterSuffix)
+}
+
 // wantCalm asserts what every attack must leave: no reconnect, every probe
 // answered, the service alive.
 func wantCalm(t *testing.T, r securityRow) {
@@ -112,13 +127,7 @@ func TestHostileErrorRepeatsHugeInput(t *testing.T) {
 		ContentType: worker.ContentJSON, DeliveryMode: amqp.Persistent,
 		Body: []byte(`{"data": {"string": "huge-number", "integer": ` + number + `}}`),
 	})
-	dead := a.waitDead(1, 20*time.Second, 3*time.Second)
-	r := a.finish("queue message whose error repeats a 200 KB number", fmt.Sprintf("%d dead letters for 1 message", dead))
-	wantCalm(t, r)
-	if dead != 1 {
-		t.Errorf("%d dead letters, want exactly 1", dead)
-	}
-	if d, ok := getOne(t, a.env, "example-item.store"+worker.DeadLetterSuffix); ok {
+	if d, ok := a.oneDeadLetter("queue message whose error repeats a 200 KB number"); ok {
 		if e := fmt.Sprint(d.Headers[worker.HeaderError]); len(e) > 2048 {
 			t.Errorf("x-error is %d bytes long; it must be truncated", len(e))
 		}
@@ -143,13 +152,7 @@ func TestHostileHeaderFlood(t *testing.T) {
 		ContentType: worker.ContentJSON, DeliveryMode: amqp.Persistent, Headers: headers,
 		Body: []byte("{not json"),
 	})
-	dead := a.waitDead(1, 20*time.Second, 3*time.Second)
-	r := a.finish("bad body with 1,190 headers (~131 KB)", fmt.Sprintf("%d dead letters for 1 message", dead))
-	wantCalm(t, r)
-	if dead != 1 {
-		t.Errorf("%d dead letters, want exactly 1", dead)
-	}
-	if d, ok := getOne(t, a.env, "example-item.store"+worker.DeadLetterSuffix); ok {
+	if d, ok := a.oneDeadLetter("bad body with 1,190 headers (~131 KB)"); ok {
 		if d.Headers[worker.HeaderError] == nil {
 			t.Errorf("the dead letter has no %s header: %v", worker.HeaderError, keys(d.Headers))
 		}

@@ -67,25 +67,17 @@ func TestNumbersAndDates(t *testing.T) {
 			for k, v := range exactIntegers {
 				data[k] = json.Number(v)
 			}
-			a, err := py.call(kind, "dictionary", data)
+			e, err := callService(py, proc, kind, true, desc, "dictionary", data)
 			if err != nil {
 				return err
-			}
-			e, err := replyOf(kind, true, desc, a)
-			if err != nil {
-				return withRefusal(err, proc)
 			}
 			return sameNumbers(e, exactIntegers, true)
 		})
 		check(t, fmt.Sprintf("Python (%s) -> Go -> Python: dates and datetimes", kind), func() error {
 			data := map[string]string{"date": "2024-02-29", "datetime": "2024-02-29T23:59:59.123456+00:00", "naive": "2024-02-29T23:59:59"}
-			a, err := py.call(kind, "dictionary", data)
+			e, err := callService(py, proc, kind, true, desc, "dictionary", data)
 			if err != nil {
 				return err
-			}
-			e, err := replyOf(kind, true, desc, a)
-			if err != nil {
-				return withRefusal(err, proc)
 			}
 			return wantData(e, nil)(`{"date":"2024-02-29","datetime":"2024-02-29T23:59:59.123456+00:00","naive":"2024-02-29T23:59:59","bar":"baz"}`)
 		})

@@ -53,12 +53,7 @@ func TestPythonClientsToGoService(t *testing.T) {
 		}
 		call := func(route string, data any) (envelope, error) {
 			called[route] = true
-			a, err := py.call(kind.name, route, data)
-			if err != nil {
-				return envelope{}, err
-			}
-			e, err := replyOf(kind.name, kind.gzip, kind.desc, a)
-			return e, withRefusal(err, proc)
+			return callService(py, proc, kind.name, kind.gzip, kind.desc, route, data)
 		}
 		prefix := kind.name + ": "
 
@@ -189,6 +184,20 @@ func TestPythonClientsToGoService(t *testing.T) {
 		})
 
 		// Queue routes: the effect of each message is observed.
+
+		// rowStored adds the cell name: a message published to route, its
+		// string made of by and the client's name, must become one
+		// example_item row within limit (else the error missing, formatted
+		// with the string).
+		rowStored := func(name, route, by string, integer int, limit time.Duration, missing string) {
+			check(t, prefix+name, func() error {
+				s := testenv.Name(by + kind.name + " ")
+				if err := published(publish(route, map[string]any{"string": s, "integer": integer})); err != nil {
+					return err
+				}
+				return waitFor(limit, func() bool { return countRows(database, s) == 1 }, missing, s)
+			})
+		}
 		check(t, prefix+"queue-test publish (handled: in the service log)", func() error {
 			marker := testenv.Name("queue-test from " + kind.name + " ")
 			if err := published(publish("queue-test", marker)); err != nil {
@@ -197,14 +206,8 @@ func TestPythonClientsToGoService(t *testing.T) {
 			return waitFor(10*time.Second, func() bool { return strings.Contains(proc.Logs(), marker) },
 				"the service log does not show the queue-test message %q", marker)
 		})
-		check(t, prefix+"example-item.store publish (a row stored)", func() error {
-			s := testenv.Name("stored by " + kind.name + " ")
-			if err := published(publish("example-item.store", map[string]any{"string": s, "integer": 2})); err != nil {
-				return err
-			}
-			return waitFor(10*time.Second, func() bool { return countRows(database, s) == 1 },
-				"no example_item row with string %q after 10 s", s)
-		})
+		rowStored("example-item.store publish (a row stored)", "example-item.store", "stored by ", 2,
+			10*time.Second, "no example_item row with string %q after 10 s")
 		check(t, prefix+"example-item.store error (dead-lettered)", func() error {
 			marker := testenv.Name("too long from " + kind.name + " ")
 			if err := published(publish("example-item.store", map[string]any{"string": strings.Repeat("x", 300) + marker})); err != nil {
@@ -214,22 +217,10 @@ func TestPythonClientsToGoService(t *testing.T) {
 		})
 		// The idempotent routes, from clients that send no message id: the
 		// inbox cannot deduplicate those, and still handles them.
-		check(t, prefix+"example-item.store-once publish (a row stored)", func() error {
-			s := testenv.Name("stored once by " + kind.name + " ")
-			if err := published(publish("example-item.store-once", map[string]any{"string": s, "integer": 3})); err != nil {
-				return err
-			}
-			return waitFor(10*time.Second, func() bool { return countRows(database, s) == 1 },
-				"no example_item row with string %q after 10 s", s)
-		})
-		check(t, prefix+"example-item.forward publish (through the outbox to store-once, a row stored)", func() error {
-			s := testenv.Name("forwarded by " + kind.name + " ")
-			if err := published(publish("example-item.forward", map[string]any{"string": s, "integer": 4})); err != nil {
-				return err
-			}
-			return waitFor(15*time.Second, func() bool { return countRows(database, s) == 1 },
-				"no example_item row with string %q 15 s after forwarding it", s)
-		})
+		rowStored("example-item.store-once publish (a row stored)", "example-item.store-once", "stored once by ", 3,
+			10*time.Second, "no example_item row with string %q after 10 s")
+		rowStored("example-item.forward publish (through the outbox to store-once, a row stored)", "example-item.forward", "forwarded by ", 4,
+			15*time.Second, "no example_item row with string %q 15 s after forwarding it")
 	}
 	check(t, "every route of the service's catalog is called above", func() error {
 		var missing []string
@@ -318,6 +309,18 @@ func withRefusal(err error, proc *stack.Process) error {
 		replyTo = strings.Fields(line[k:])[0]
 	}
 	return fmt.Errorf("%w; the Go service refused the request unanswered (%s, %s): aio-pika names its reply queues amq_<random>", err, refused, replyTo)
+}
+
+// callService calls route of the Go service proc with the Python client
+// client and reads the reply as replyOf does; an error says, where proc
+// refused the call's reply_to, that it did.
+func callService(py *pyClient, proc *stack.Process, client string, gz bool, desc, route string, data any) (envelope, error) {
+	a, err := py.call(client, route, data)
+	if err != nil {
+		return envelope{}, err
+	}
+	e, err := replyOf(client, gz, desc, a)
+	return e, withRefusal(err, proc)
 }
 
 // replyOf turns client.py's answer into the reply envelope, checking the

@@ -101,12 +101,24 @@ func startReplicas(t *testing.T, goFirst bool, goEnv []string, pyArgs ...string)
 	return r
 }
 
-func shareRPC(t *testing.T, order string, goFirst bool) {
-	name := "rpc route dictionary, " + order
-	r := startReplicas(t, goFirst, goShareEnv, "--rpc", "dictionary=dictionary")
+// startShared starts the Go and the Python replica (with pyArgs) sharing
+// the route of the cells named route, order, and records whether both
+// started. When they did not, it records the cells of pyClient and the Go
+// client as not run and gives a nil *replicas.
+func startShared(t *testing.T, route, order string, goFirst bool, pyClient string, pyArgs ...string) (string, *replicas) {
+	name := route + ", " + order
+	r := startReplicas(t, goFirst, goShareEnv, pyArgs...)
 	check(t, name+": both replicas start", func() error { return r.start })
 	if r.start != nil {
-		skipRest(t, name, "Python library's JSONGzipRPC", "Go client")
+		skipRest(t, name, pyClient, "Go client")
+		return name, nil
+	}
+	return name, r
+}
+
+func shareRPC(t *testing.T, order string, goFirst bool) {
+	name, r := startShared(t, "rpc route dictionary", order, goFirst, "Python library's JSONGzipRPC", "--rpc", "dictionary=dictionary")
+	if r == nil {
 		return
 	}
 	pyCalls := func() int { return len(r.pyP.eventsOf("handled", "dictionary")) }
@@ -169,11 +181,8 @@ func shareRPC(t *testing.T, order string, goFirst bool) {
 }
 
 func shareQueue(t *testing.T, order string, goFirst bool) {
-	name := "queue route example-item.store, " + order
-	r := startReplicas(t, goFirst, goShareEnv, "--queue", "example-item.store=record")
-	check(t, name+": both replicas start", func() error { return r.start })
-	if r.start != nil {
-		skipRest(t, name, "Python library's JSONGzipMaster", "Go client")
+	name, r := startShared(t, "queue route example-item.store", order, goFirst, "Python library's JSONGzipMaster", "--queue", "example-item.store=record")
+	if r == nil {
 		return
 	}
 	database := openDB(t, r.env.Database)
