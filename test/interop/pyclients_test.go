@@ -185,10 +185,10 @@ func TestPythonClientsToGoService(t *testing.T) {
 
 		// Queue routes: the effect of each message is observed.
 
-		// rowStored adds the cell name: a message published to route, its
-		// string made of by and the client's name, must become one
-		// example_item row within limit (else the error missing, formatted
-		// with the string).
+		// rowStored adds the cell name: a message published to route with
+		// a unique string (by, then the client's name) and integer must
+		// become exactly one example_item row within limit; otherwise the
+		// cell fails with missing, formatted with that string.
 		rowStored := func(name, route, by string, integer int, limit time.Duration, missing string) {
 			check(t, prefix+name, func() error {
 				s := testenv.Name(by + kind.name + " ")
