@@ -148,7 +148,7 @@ func newTable(rt reflect.Type, name string) (*table, error) {
 
 func (t *table) addFields(rt reflect.Type) error {
 	return fields.Walk(rt, "db", false, func(f fields.Field) error {
-		if f.Anonymous && f.Type.Kind() == reflect.Pointer {
+		if f.Anonymous && f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct {
 			return fmt.Errorf("embedded pointer %s: embed the struct by value", f.Name)
 		}
 		name := f.TagName

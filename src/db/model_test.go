@@ -405,17 +405,25 @@ func TestNewModelRefusesBadRowTypes(t *testing.T) {
 		A uuid.UUID `db:"a,key"`
 		B uuid.UUID `db:"b,key"`
 	}
+	type base struct {
+		ID uuid.UUID `db:"id"`
+	}
+	type embedsPointer struct {
+		*base
+		Name string `db:"name"`
+	}
 	cases := map[string]error{
-		"no id":      errOf(db.NewModel[noID](nil, "t")),
-		"not struct": errOf(db.NewModel[int](nil, "t")),
-		"duplicate":  errOf(db.NewModel[dup](nil, "t")),
-		"bad option": errOf(db.NewModel[badOpt](nil, "t")),
-		"bad table":  errOf(db.NewModel[Thing](nil, "a..b")),
-		"two keys":   errOf(db.NewModel[twoKeys](nil, "t")),
+		"embedded pointer": errOf(db.NewModel[embedsPointer](nil, "t")),
+		"no id":            errOf(db.NewModel[noID](nil, "t")),
+		"not struct":       errOf(db.NewModel[int](nil, "t")),
+		"duplicate":        errOf(db.NewModel[dup](nil, "t")),
+		"bad option":       errOf(db.NewModel[badOpt](nil, "t")),
+		"bad table":        errOf(db.NewModel[Thing](nil, "a..b")),
+		"two keys":         errOf(db.NewModel[twoKeys](nil, "t")),
 	}
 	want := map[string]string{
 		"no id": "has no key: tag a field `,key` or name a column \"id\"", "not struct": "not a struct",
-		"two keys":  "tags 2 fields `,key`",
+		"two keys": "tags 2 fields `,key`", "embedded pointer": "embedded pointer base: embed the struct by value",
 		"duplicate": `column "x" named by two fields`, "bad option": `unknown db tag option "primary"`, "bad table": `bad table name "a..b"`,
 	}
 	for name, err := range cases {
@@ -426,6 +434,39 @@ func TestNewModelRefusesBadRowTypes(t *testing.T) {
 }
 
 func errOf[T any](_ T, err error) error { return err }
+
+// An embedded struct's fields are the row's columns; an embedded pointer to
+// a type that is not a struct is one nullable column, named like any field.
+func TestModelEmbedded(t *testing.T) {
+	type base struct {
+		ID uuid.UUID `db:"id"`
+	}
+	type Note string
+	type noted struct {
+		base
+		*Note
+		Name string `db:"name"`
+	}
+	c, ctx, m := newModel[noted](t, `CREATE TABLE noted (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), note text, name text NOT NULL)`, "noted")
+	if got, want := m.Columns(), `"id", "note", "name"`; got != want {
+		t.Errorf("columns %s, want %s", got, want)
+	}
+	n := Note("kept")
+	with, err := m.Create(ctx, noted{Note: &n, Name: "with"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := m.Create(ctx, noted{Name: "without"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Read(ctx, with.ID); err != nil || got.Note == nil || *got.Note != "kept" {
+		t.Errorf("read back %+v, %v: want note \"kept\"", got, err)
+	}
+	if count(t, c, "noted", "id = $1 AND note = 'kept'", with.ID) != 1 || count(t, c, "noted", "id = $1 AND note IS NULL", without.ID) != 1 {
+		t.Error("the embedded *Note column is not stored as given (kept, NULL)")
+	}
+}
 
 // Changes that arrive as JSON are decoded into the row type's field types
 // before Update: what does not fit is refused naming the column, and null is
